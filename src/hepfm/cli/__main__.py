@@ -1,0 +1,5 @@
+import sys
+
+from hepfm.cli import main
+
+sys.exit(main())
