@@ -1,0 +1,257 @@
+"""A generation job: plan deterministic shards, run them in worker processes, merge, write atomically.
+
+Determinism: each shard's Pythia seed derives from (seed, class, shard index) only, so a file depends
+on the seed and the job's options, not on how many workers ran it or in which order they finished.
+Interruption: finished shards are kept (each written atomically) in ``<out>.parts/`` beside the
+output; running the same command again resumes from them, ``restart=True`` discards them. The
+output itself appears only once complete (temp file + rename).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from importlib import metadata as importlib_metadata
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+from hepfm import __version__
+from hepfm.data.jets import JetChunk
+from hepfm.errors import HepfmInputError
+from hepfm.generation.detector import DETECTORS
+from hepfm.generation.processes import DATASETS, PROCESSES
+from hepfm.generation.worker import ShardTask, pythia_settings, run_shard
+from hepfm.io import atomic_path
+
+log = logging.getLogger(__name__)
+MAX_PYTHIA_SEED = 900_000_000
+
+
+@dataclass
+class GenerationJob:
+    """Everything that determines the output file (``workers`` does not)."""
+
+    dataset: str
+    n_jets: int
+    out: Path
+    seed: int = 1
+    detector: str = "none"
+    fmt: str = "hepfm"
+    labeled: bool = True
+    mix: dict[str, float] = field(default_factory=dict)  # class name -> weight; empty = balanced
+    shard_size: int = 1000
+    batch_events: int = 200
+    extra_settings: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        spec = DATASETS.get(self.dataset)
+        DETECTORS.get(self.detector)
+        if self.n_jets <= 0:
+            raise HepfmInputError(f"--n-jets must be positive, got {self.n_jets}")
+        unknown = set(self.mix) - set(spec.class_names)
+        if unknown:
+            raise HepfmInputError(
+                f"unknown class(es) {sorted(unknown)} for dataset {self.dataset} (classes: {', '.join(spec.class_names)})"
+            )
+        if any(w < 0 for w in self.mix.values()) or (self.mix and sum(self.mix.values()) <= 0):
+            raise HepfmInputError("class weights in --mix must be >= 0 with a positive sum")
+
+    def class_counts(self) -> dict[str, int]:
+        names = DATASETS.get(self.dataset).class_names
+        w = np.array([self.mix.get(c, 0.0) if self.mix else 1.0 for c in names], dtype=float)
+        exact = self.n_jets * w / w.sum()
+        counts = np.floor(exact).astype(int)
+        for i in np.argsort(-(exact - counts), kind="stable")[: self.n_jets - counts.sum()]:
+            counts[i] += 1
+        return dict(zip(names, counts.tolist()))
+
+    def tasks(self) -> list[ShardTask]:
+        tasks = []
+        for ci, n in enumerate(self.class_counts().values()):
+            for k, start in enumerate(range(0, n, self.shard_size)):
+                seed = int(np.random.SeedSequence([self.seed, ci, k]).generate_state(1)[0]) % MAX_PYTHIA_SEED + 1
+                tasks.append(
+                    ShardTask(self.dataset, ci, k, min(self.shard_size, n - start), seed, self.detector,
+                              self.batch_events, self.extra_settings)
+                )
+        return tasks
+
+    def fingerprint(self) -> dict:
+        d = asdict(self)
+        d.pop("out")
+        d.pop("fmt")
+        d["hepfm_version"] = __version__
+        return d
+
+
+def _versions() -> dict[str, str]:
+    out = {"hepfm": __version__}
+    for pkg in ("pythia8mc", "fastjet", "numpy", "awkward", "h5py", "uproot"):
+        try:
+            out[pkg] = importlib_metadata.version(pkg)
+        except importlib_metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def provenance(job: GenerationJob, stats: dict[str, dict]) -> dict:
+    """The metadata stored in the file: deterministic (no timings or dates) so reruns are identical."""
+    spec = DATASETS.get(job.dataset)
+    return {
+        "generator": "hepfm generate",
+        "versions": _versions(),
+        "dataset": job.dataset,
+        "seed": job.seed,
+        "labeled": job.labeled,
+        "class_names": list(spec.class_names),
+        "class_counts": job.class_counts(),
+        "processes": {c: spec.classes[c] for c in spec.class_names},
+        "pythia_settings": {
+            c: pythia_settings(spec, PROCESSES.get(p), seed=0, extra=job.extra_settings)[:-1]
+            for c, p in spec.classes.items()
+        },
+        "seeds": "Random:seed of each shard = SeedSequence([seed, class index, shard index]) mod 9e8 + 1",
+        "selection": {
+            "algorithm": "anti-kt", "radius": spec.radius, "pt_range": spec.pt_range, "eta_max": spec.eta_max,
+            "pthat_range": spec.pthat_range, "candidate_jets": spec.candidates, "max_particles": spec.max_particles,
+            "truth_match": "resonance and all visible decay partons within R of the jet axis",
+        },
+        "detector": DETECTORS.get(job.detector).to_dict(),
+        "shard_size": job.shard_size,
+        "batch_events": job.batch_events,
+        "shard_stats": {k: {s: v for s, v in st.items() if s != "seconds"} for k, st in sorted(stats.items())},
+    }
+
+
+# -- shard files (temporary, inside <out>.parts/)
+def _part_path(parts: Path, task: ShardTask) -> Path:
+    return parts / f"c{task.class_index:02d}_s{task.shard:05d}.npz"
+
+
+def _save_part(path: Path, chunk: JetChunk, stats: dict) -> None:
+    arrays = {"p4": chunk.p4, "mask": chunk.mask, "label": chunk.label}
+    arrays |= {f"particles.{k}": v for k, v in chunk.particles.items()}
+    arrays |= {f"jets.{k}": v for k, v in chunk.jets.items()}
+    with atomic_path(path, suffix=".npz") as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, stats=np.array(json.dumps(stats)), **arrays)
+
+
+def _load_part(path: Path, class_names: tuple[str, ...]) -> tuple[JetChunk, dict]:
+    with np.load(path) as z:
+        chunk = JetChunk(
+            p4=z["p4"], mask=z["mask"], label=z["label"], class_names=class_names,
+            particles={k.split(".", 1)[1]: z[k] for k in z.files if k.startswith("particles.")},
+            jets={k.split(".", 1)[1]: z[k] for k in z.files if k.startswith("jets.")},
+        )
+        return chunk, json.loads(str(z["stats"]))
+
+
+def _worker_init() -> None:
+    # FastJet prints its banner on stdout at first use; workers have nothing else to say there.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+
+
+def _run_and_save(task: ShardTask, path: Path) -> dict:
+    chunk, stats = run_shard(task)
+    _save_part(path, chunk, stats)
+    return stats
+
+
+def _prepare_parts_dir(job: GenerationJob, restart: bool) -> Path:
+    parts = job.out.with_name(job.out.name + ".parts")
+    manifest = parts / "job.json"
+    fingerprint = json.loads(json.dumps(job.fingerprint()))
+    if parts.exists() and restart:
+        shutil.rmtree(parts)
+    if manifest.exists():
+        if json.loads(manifest.read_text()) != fingerprint:
+            raise HepfmInputError(
+                f"unfinished generation with different options in {parts}; rerun with --restart to discard it",
+                job.out,
+            )
+    else:
+        parts.mkdir(parents=True, exist_ok=True)
+        manifest.write_text(json.dumps(fingerprint, indent=2))
+    return parts
+
+
+def run_job(job: GenerationJob, workers: int = 1, restart: bool = False, progress: bool = True) -> dict:
+    """Generate the file described by ``job``; returns its provenance plus timing stats."""
+    from tqdm import tqdm
+
+    from hepfm.data.formats import WRITERS
+
+    WRITERS.get(job.fmt)
+    parts = _prepare_parts_dir(job, restart)
+    tasks = job.tasks()
+    stats: dict[str, dict] = {}
+    todo = []
+    for t in tasks:
+        p = _part_path(parts, t)
+        if p.exists():
+            stats[p.stem] = _load_part(p, ())[1]
+        else:
+            todo.append(t)
+    done_jets = sum(t.n_jets for t in tasks) - sum(t.n_jets for t in todo)
+    if done_jets:
+        log.info("resuming: %d of %d shards already done in %s", len(tasks) - len(todo), len(tasks), parts)
+    bar = tqdm(total=job.n_jets, initial=done_jets, unit="jet", desc=f"generate {job.dataset}",
+               disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=get_context("spawn"),
+                             initializer=_worker_init) as pool:
+        futures = {pool.submit(_run_and_save, t, _part_path(parts, t)): t for t in todo}
+        for fut in as_completed(futures):
+            t = futures[fut]
+            stats[_part_path(parts, t).stem] = fut.result()
+            bar.update(t.n_jets)
+    bar.close()
+
+    from hepfm.data.formats import write_jets
+
+    meta = provenance(job, stats)
+    n = write_jets(job.out, _merged_chunks(job, tasks, parts), job.fmt, meta)
+    if n != job.n_jets:
+        raise RuntimeError(f"wrote {n} jets, expected {job.n_jets}")
+    shutil.rmtree(parts)
+    return meta | {"timing": _timing(stats, job)}
+
+
+def _merged_chunks(job: GenerationJob, tasks: list[ShardTask], parts: Path) -> Iterator[JetChunk]:
+    """Interleave classes: round k holds shard k of every class, shuffled together (bounded memory)."""
+    names = DATASETS.get(job.dataset).class_names
+    rounds: dict[int, list[ShardTask]] = {}
+    for t in tasks:
+        rounds.setdefault(t.shard, []).append(t)
+    for k in sorted(rounds):
+        chunk = JetChunk.concat([_load_part(_part_path(parts, t), names)[0] for t in rounds[k]])
+        chunk = chunk.take(np.random.default_rng([job.seed, k]).permutation(len(chunk)))
+        if not job.labeled:
+            chunk.label = None
+            chunk.jets = {k2: v for k2, v in chunk.jets.items() if not k2.startswith("truth")}
+        yield chunk
+
+
+def _timing(stats: dict[str, dict], job: GenerationJob) -> dict[str, dict]:
+    names = DATASETS.get(job.dataset).class_names
+    out: dict[str, dict] = {}
+    for key, st in stats.items():
+        c = names[int(key[1:3])]
+        agg = out.setdefault(c, {"jets": 0, "events": 0, "seconds": 0.0})
+        agg["jets"] += st["accepted"]
+        agg["events"] += st["events"]
+        agg["seconds"] += st.get("seconds", 0.0)
+    for agg in out.values():
+        agg["jets_per_s_per_core"] = agg["jets"] / max(agg["seconds"], 1e-9)
+        agg["pass_fraction"] = agg["jets"] / max(agg["events"], 1)
+    return out

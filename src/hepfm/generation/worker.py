@@ -1,0 +1,259 @@
+"""One generation shard: Pythia 8 events in batches -> detector -> FastJet anti-kT -> selected jets.
+
+Per batch everything is vectorised (``Pythia.nextBatch`` returns awkward arrays converted in C++,
+FastJet clusters the whole batch in one call); Python loops run only over events with a jet in the
+window, for truth matching and for gathering constituents.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from hepfm.data.jets import JetChunk
+from hepfm.generation.detector import DETECTORS, apply_detector
+from hepfm.generation.substructure import substructure
+from hepfm.generation.processes import DATASETS, PROCESSES, DatasetSpec, Process
+from hepfm.generation.truth import INVISIBLE_IDS, LEPTON_IDS, match_resonance
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """A deterministic unit of work: the same task always yields the same jets."""
+
+    dataset: str
+    class_index: int
+    shard: int
+    n_jets: int
+    seed: int
+    detector: str = "none"
+    batch_events: int = 200
+    extra_settings: tuple[str, ...] = ()
+
+
+def pythia_settings(spec: DatasetSpec, proc: Process, seed: int, extra: tuple[str, ...] = ()) -> list[str]:
+    """All ``readString`` lines for one class (recorded in the output file's metadata)."""
+    return [
+        *spec.common,
+        *proc.settings,
+        f"PhaseSpace:pTHatMin = {spec.pthat_range[0]}",
+        f"PhaseSpace:pTHatMax = {spec.pthat_range[1]}",
+        f"PartonLevel:MPI = {'on' if proc.mpi else 'off'}",
+        "Next:numberCount = 0",
+        "Print:quiet = on",
+        "Random:setSeed = on",
+        f"Random:seed = {seed}",
+        *extra,
+    ]
+
+
+def _decay_hook(accept):  # type: ignore[no-untyped-def]
+    import pythia8mc
+
+    class DecayVeto(pythia8mc.UserHooks):
+        """Vetoes resonance decays the decay tables cannot express; Pythia then re-draws the decays."""
+
+        def canVetoResonanceDecays(self) -> bool:  # noqa: N802 (Pythia's name)
+            return True
+
+        def doVetoResonanceDecays(self, process) -> bool:  # type: ignore[no-untyped-def]  # noqa: N802
+            decays = []
+            for i in range(process.size()):
+                p = process[i]
+                if p.idAbs() in (23, 24) and p.daughter1() > 0:
+                    d = abs(process[p.daughter1()].id())
+                    mode = "nu" if d in INVISIBLE_IDS else "lep" if d in LEPTON_IDS else "had"
+                    decays.append((p.idAbs(), process[p.mother1()].idAbs() == 25, mode))
+            return not accept(decays)
+
+    return DecayVeto()
+
+
+class ShardGenerator:
+    """Holds one configured Pythia instance and turns event batches into selected jets."""
+
+    def __init__(self, task: ShardTask) -> None:
+        import fastjet
+        import pythia8mc
+
+        self.task = task
+        self.spec = DATASETS.get(task.dataset)
+        self.class_name = self.spec.class_names[task.class_index]
+        self.proc = PROCESSES.get(self.spec.classes[self.class_name])
+        self.det = DETECTORS.get(task.detector)
+        self.rng = np.random.default_rng(task.seed)
+        self.pythia = pythia8mc.Pythia("", False)
+        for line in pythia_settings(self.spec, self.proc, task.seed, task.extra_settings):
+            if not self.pythia.readString(line):
+                raise ValueError(f"Pythia rejected setting {line!r}")
+        self._hook = None  # keep the Python hook alive as long as Pythia uses it
+        if self.proc.decay_filter is not None:
+            self._hook = _decay_hook(self.proc.decay_filter)
+            self.pythia.setUserHooksPtr(self._hook)
+        if not self.pythia.init():
+            raise RuntimeError(f"Pythia init failed for class {self.class_name}")
+        self._charge: dict[int, float] = {}
+        self.jet_def = fastjet.JetDefinition(fastjet.antikt_algorithm, self.spec.radius)
+        self.stats = {"events": 0, "batches": 0, "in_window": 0, "accepted": 0, "truncated": 0}
+
+    def charges(self, pid: np.ndarray) -> np.ndarray:
+        uniq, inv = np.unique(pid, return_inverse=True)
+        for u in uniq:
+            if int(u) not in self._charge:
+                self._charge[int(u)] = float(self.pythia.particleData.charge(int(u)))
+        return np.array([self._charge[int(u)] for u in uniq])[inv]
+
+    def run(self, n_jets: int) -> tuple[JetChunk, dict]:
+        """Generate whole batches until ``n_jets`` jets pass; keep the first ``n_jets``."""
+        t0 = time.perf_counter()
+        jets: list[dict] = []
+        while len(jets) < n_jets:
+            jets.extend(self._batch())
+            if self.stats["batches"] > 50 and not jets:
+                raise RuntimeError(f"no jet of class {self.class_name} passes after {self.stats['events']} events")
+        self.stats["seconds"] = time.perf_counter() - t0
+        return self._to_chunk(jets[:n_jets]), dict(self.stats)
+
+    # -- one batch of events
+    def _batch(self) -> list[dict]:
+        import awkward as ak
+        import fastjet
+
+        evs = self.pythia.nextBatch(self.task.batch_events)
+        prt = evs.prt
+        n_ev = len(prt)
+        self.stats["events"] += n_ev
+        self.stats["batches"] += 1
+        counts = ak.to_numpy(ak.num(prt.id, axis=1))
+        offsets = np.concatenate([[0], np.cumsum(counts)])
+        rec = {k: ak.to_numpy(ak.flatten(prt[k])) for k in ("id", "status", "daughter1", "daughter2")}
+        for k in ("px", "py", "pz", "e"):
+            rec[k] = ak.to_numpy(ak.flatten(prt.p[k])).astype(np.float64)
+        vx, vy, vz = (ak.to_numpy(ak.flatten(prt.vProd[k])).astype(np.float64) for k in ("px", "py", "pz"))
+        event = np.repeat(np.arange(n_ev), counts)
+
+        final = (rec["status"] > 0) & ~np.isin(np.abs(rec["id"]), INVISIBLE_IDS)
+        px, py, pz = rec["px"][final], rec["py"][final], rec["pz"][final]
+        pt = np.maximum(np.hypot(px, py), 1e-9)
+        x, y, z = vx[final], vy[final], vz[final]
+        # Transverse and longitudinal impact parameters of a straight track from its production
+        # vertex (mm); the magnetic-field curvature over a few mm is negligible at these momenta.
+        d0 = (x * py - y * px) / pt
+        dz = z - (x * px + y * py) / pt * (pz / pt)
+        parts = {
+            "px": px, "py": py, "pz": pz, "e": rec["e"][final], "pid": rec["id"][final].astype(np.int64),
+            "d0": d0, "dz": dz, "event": event[final],
+        }
+        parts["charge"] = self.charges(parts["pid"])
+        parts = apply_detector(parts, self.det, self.rng)
+        vis_counts = np.bincount(parts["event"], minlength=n_ev)
+        vis_offsets = np.concatenate([[0], np.cumsum(vis_counts)])
+
+        arr = ak.unflatten(
+            ak.zip({"px": parts["px"], "py": parts["py"], "pz": parts["pz"], "E": parts["e"]}), vis_counts
+        )
+        ptmin = 0.8 * self.spec.pt_range[0]
+        cs = fastjet.ClusterSequence(arr, self.jet_def)
+        jets = cs.inclusive_jets(min_pt=ptmin)
+        cidx = cs.constituent_index(min_pt=ptmin)
+        jpx, jpy, jpz = (ak.to_list(jets[k]) for k in ("px", "py", "pz"))
+        cidx = ak.to_list(cidx)
+        pthat = np.sqrt(ak.to_numpy(evs.info.pT2Hat))
+
+        out = []
+        lo, hi = self.spec.pt_range
+        n_cand = self.spec.candidates if self.proc.resonances else 1
+        for ev in range(n_ev):
+            if not jpx[ev]:
+                continue
+            jpt = np.hypot(jpx[ev], jpy[ev])
+            order = np.argsort(-jpt)[:n_cand]
+            for rank, j in enumerate(order):
+                jeta = float(np.arcsinh(jpz[ev][j] / jpt[j]))
+                if not (lo < jpt[j] < hi and abs(jeta) < self.spec.eta_max):
+                    continue
+                if rank == 0:
+                    self.stats["in_window"] += 1
+                truth = None
+                if self.proc.resonances:
+                    sl = slice(offsets[ev], offsets[ev + 1])
+                    record = {k: v[sl] for k, v in rec.items()}
+                    truth = match_resonance(
+                        record, jeta, float(np.arctan2(jpy[ev][j], jpx[ev][j])),
+                        resonances=self.proc.resonances, n_visible=self.proc.n_visible,
+                        need_lepton=self.proc.need_lepton, radius=self.spec.radius,
+                    )
+                    if truth is None:
+                        continue
+                    truth = np.array([record[k][truth] for k in ("px", "py", "pz", "e")])
+                idx = vis_offsets[ev] + np.asarray(cidx[ev][j], dtype=np.int64)
+                out.append(self._jet_record(parts, idx, truth, pthat[ev]))
+                self.stats["accepted"] += 1
+                break
+        return out
+
+    def _jet_record(self, parts: dict, idx: np.ndarray, truth: np.ndarray | None, pthat: float) -> dict:
+        pt = np.hypot(parts["px"][idx], parts["py"][idx])
+        idx = idx[np.argsort(-pt, kind="stable")]
+        n_const = len(idx)
+        if n_const > self.spec.max_particles:
+            self.stats["truncated"] += 1
+            idx = idx[: self.spec.max_particles]
+        keys = ("px", "py", "pz", "e", "pid", "charge", "d0val", "d0err", "dzval", "dzerr")
+        rec = {k: parts[k][idx] for k in keys}
+        rec.update(n_const=n_const, truth=truth, pthat=pthat)
+        return rec
+
+    def _to_chunk(self, jets: list[dict]) -> JetChunk:
+        n, n_max = len(jets), self.spec.max_particles
+        p4 = np.zeros((n, n_max, 4), np.float32)
+        mask = np.zeros((n, n_max), bool)
+        fields = {k: np.zeros((n, n_max), np.float32) for k in ("charge", "d0val", "d0err", "dzval", "dzerr")}
+        pid = np.zeros((n, n_max), np.int32)
+        truth = np.zeros((n, 4), np.float32)
+        for i, jet in enumerate(jets):
+            m = len(jet["px"])
+            p4[i, :m] = np.stack([jet["px"], jet["py"], jet["pz"], jet["e"]], axis=-1)
+            mask[i, :m] = True
+            pid[i, :m] = jet["pid"]
+            for k in fields:
+                fields[k][i, :m] = jet[k]
+            if jet["truth"] is not None:
+                truth[i] = jet["truth"]
+        particles = dict(fields, pid=pid, **pid_flags(pid, fields["charge"], mask))
+        sub = substructure(p4, mask, self.spec.radius) if n and self.spec.substructure else {}
+        return JetChunk(
+            p4=p4,
+            mask=mask,
+            label=np.full(n, self.task.class_index, np.int64),
+            class_names=self.spec.class_names,
+            particles=particles,
+            jets={
+                "n_const": np.array([j["n_const"] for j in jets], np.int32),
+                "pthat": np.array([j["pthat"] for j in jets], np.float32),
+                "truthPX": truth[:, 0], "truthPY": truth[:, 1], "truthPZ": truth[:, 2], "truthE": truth[:, 3],
+                **sub,
+            },
+        )
+
+
+def pid_flags(pid: np.ndarray, charge: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+    """JetClass's five particle-ID flags from PDG ids (electrons and muons are not hadrons)."""
+    apid = np.abs(pid)
+    lepton = (apid == 11) | (apid == 13)
+    photon = apid == 22
+    flags = {
+        "isChargedHadron": mask & (charge != 0) & ~lepton,
+        "isNeutralHadron": mask & (charge == 0) & ~photon & ~lepton,
+        "isPhoton": mask & photon,
+        "isElectron": mask & (apid == 11),
+        "isMuon": mask & (apid == 13),
+    }
+    return {k: v.astype(np.float32) for k, v in flags.items()}
+
+
+def run_shard(task: ShardTask) -> tuple[JetChunk, dict]:
+    """Entry point for worker processes."""
+    return ShardGenerator(task).run(task.n_jets)
