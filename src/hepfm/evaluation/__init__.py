@@ -1,0 +1,1 @@
+"""Evaluation: classification metrics, plots and representation diagnostics."""

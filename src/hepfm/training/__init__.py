@@ -1,0 +1,1 @@
+"""One training engine for every objective (supervised, JetCLR, MPM, JEPA)."""

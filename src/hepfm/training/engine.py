@@ -1,0 +1,304 @@
+"""The one training loop, shared by supervised training and every pretraining objective.
+
+It knows only the :class:`~hepfm.objectives.base.Objective` contract (``forward(batch)`` returns a
+loss). Phases per step: schedule -> (micro-batches: autocast forward, scaled backward) -> unscale,
+clip, step -> ``on_step_end`` -> periodic log / validate / checkpoint. Losses stay on the device and
+are read only at log time, so the step never waits on the GPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from hepfm.contracts import ParticleBatch
+from hepfm.errors import HepfmInputError
+from hepfm.objectives.base import Objective
+from hepfm.training import checkpoint as ckpt
+from hepfm.training.config import TrainConfig
+from hepfm.training.distributed import DistInfo, resolve_device, setup_distributed
+from hepfm.training.loggers import MetricLogger
+from hepfm.training.optim import build_optimizer
+from hepfm.training.schedules import SCHEDULES
+
+log = logging.getLogger(__name__)
+
+#: validation hook: (logits (B,K) numpy, labels (B,) numpy) -> metrics
+MetricsFn = Callable[[np.ndarray, np.ndarray], dict[str, float]]
+
+
+class TrainingDivergedError(HepfmInputError):
+    """The loss became NaN/inf; the last good checkpoint is kept."""
+
+
+@dataclass
+class FitResult:
+    steps: int
+    best_metric: float | None
+    best_step: int | None
+    stopped_early: bool
+    seconds: float
+    jets_per_second: float
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_isolated(loader: Iterable[ParticleBatch]) -> Iterator[ParticleBatch]:
+    """Iterate a loader without touching the global RNG (DataLoader.__iter__ draws a seed from it):
+    the model's random stream then depends on the step alone, which makes resume exact."""
+    with torch.random.fork_rng(devices=[]):
+        it = iter(loader)
+    while True:
+        with torch.random.fork_rng(devices=[]):
+            batch = next(it, None)
+        if batch is None:
+            return
+        yield batch
+
+
+class Trainer:
+    """Trains any objective. ``model_spec`` is saved beside the weights so ``hepfm.load`` can rebuild."""
+
+    def __init__(self, objective: Objective, cfg: TrainConfig, run_dir: str | Path, model_spec: dict[str, Any],
+                 metrics_fn: MetricsFn | None = None, dist_info: DistInfo | None = None) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.spec = model_spec
+        self.metrics_fn = metrics_fn
+        self.dist = dist_info or setup_distributed()
+        self.device = resolve_device(cfg.device, self.dist)
+        self.objective = objective.to(self.device)
+        self.amp_dtype = self._amp_dtype()
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None
+        self.optimizer = build_optimizer(objective, cfg.optim, objective.no_weight_decay(),
+                                         objective.param_groups_lr_scale())
+        self.schedule = SCHEDULES.get(cfg.schedule.name)(cfg.schedule, cfg.max_steps)
+        self.model: nn.Module = objective
+        if self.dist.enabled:
+            self.model = nn.parallel.DistributedDataParallel(
+                objective, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if cfg.compile:
+            self.model = torch.compile(self.model)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.logger = MetricLogger(self.run_dir, cfg.tensorboard, enabled=self.dist.is_main)
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.best: float | None = None
+        self.best_step: int | None = None
+        self.bad_evals = 0
+
+    def _amp_dtype(self) -> torch.dtype | None:
+        amp = self.cfg.amp
+        if amp == "auto":
+            return torch.bfloat16 if self.device.type == "cuda" else None
+        if amp not in ("bf16", "fp16", "none"):
+            raise HepfmInputError(f"train.amp must be auto, bf16, fp16 or none, got {amp!r}")
+        return {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[amp]
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    # -- data position (exact resume)
+    def _batches(self, loader: Iterable[ParticleBatch]) -> Iterator[ParticleBatch]:
+        while True:
+            sampler = getattr(loader, "sampler", None)
+            skip = self.batch_in_epoch
+            for obj in (sampler, getattr(loader, "dataset", None)):
+                if hasattr(obj, "set_epoch"):
+                    obj.set_epoch(self.epoch)
+            if skip and hasattr(sampler, "start_at"):
+                sampler.start_at(skip * getattr(loader, "batch_size", 1))
+                skip = 0
+            n = 0
+            for batch in _rng_isolated(loader):
+                if skip:
+                    skip -= 1
+                    continue
+                n += 1
+                self.batch_in_epoch += 1
+                yield batch
+            if n == 0 and self.batch_in_epoch == 0:
+                raise HepfmInputError("the training data yields no batches (empty dataset or batch larger than it)")
+            self.epoch += 1
+            self.batch_in_epoch = 0
+
+    # -- checkpoints
+    def _state(self) -> dict[str, Any]:
+        return {
+            "model": self.objective.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler else None, "step": self.step, "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch, "best": self.best, "best_step": self.best_step,
+            "bad_evals": self.bad_evals, "rng": ckpt.rng_state(), "config": self.cfg.to_dict(), "spec": self.spec,
+        }
+
+    def save_last(self) -> None:
+        if self.dist.is_main:
+            ckpt.save_training_state(self.ckpt_dir / "last.pt", self._state())
+
+    def try_resume(self) -> bool:
+        path = self.ckpt_dir / "last.pt"
+        if not path.exists():
+            return False
+        state = ckpt.load_training_state(path)
+        if state.get("spec", {}).get("backbone") != self.spec.get("backbone"):
+            raise HepfmInputError("cannot resume: the run directory holds a different model; use a new --out", path)
+        ckpt.load_state_into(self.objective, state["model"], path)
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler and state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        for k in ("step", "epoch", "batch_in_epoch", "best", "best_step", "bad_evals"):
+            setattr(self, k, state[k])
+        ckpt.set_rng_state(state["rng"])
+        self.logger.truncate_after(self.step)
+        log.info("resumed from %s at step %d", path, self.step)
+        return True
+
+    # -- the loop
+    def fit(self, train_loader: Iterable[ParticleBatch], val_loader: Iterable[ParticleBatch] | None = None,
+            resume: bool = True, progress: bool = True) -> FitResult:
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        seed_everything(cfg.seed + self.dist.rank)
+        if not (resume and self.try_resume()):
+            self.save_last()  # step 0 is a good checkpoint: divergence at step 1 still leaves one
+        batches = self._batches(train_loader)
+        bar = tqdm(total=cfg.max_steps, initial=self.step, unit="step", disable=not (progress and self.dist.is_main),
+                   file=sys.stderr, dynamic_ncols=True)
+        sums: dict[str, torch.Tensor] = {}
+        bad = torch.zeros((), dtype=torch.bool, device=self.device)
+        n_jets, t0, t_log, jets_log = 0, time.perf_counter(), time.perf_counter(), 0
+        stopped = False
+        self.objective.train()
+        while self.step < cfg.max_steps:
+            for g in self.optimizer.param_groups:
+                g["lr"] = cfg.optim.lr * g.get("lr_scale", 1.0) * self.schedule(self.step)
+            # The RNG stream (dropout, augmentations, masks) is a function of (seed, step, rank) alone, so
+            # a resumed run draws exactly what the uninterrupted one would, whatever the loader consumed.
+            torch.manual_seed((cfg.seed * 1_000_003 + self.step) * self.dist.world_size + self.dist.rank)
+            for micro in range(cfg.grad_accum):
+                batch = next(batches).to(self.device, non_blocking=True)
+                sync = micro == cfg.grad_accum - 1 or not self.dist.enabled
+                with (contextlib.nullcontext() if sync else self.model.no_sync()), self._autocast():
+                    out = self.model(batch)
+                loss = out.loss.float() / cfg.grad_accum
+                (self.scaler.scale(loss) if self.scaler else loss).backward()
+                bad |= ~torch.isfinite(out.loss.detach())
+                for k, v in {"loss": out.loss, **out.logs}.items():
+                    sums[k] = sums.get(k, 0) + v.detach().float()
+                n_jets += len(batch)
+            grad_norm = self._optimizer_step()
+            sums["grad_norm"] = sums.get("grad_norm", 0) + grad_norm * cfg.grad_accum
+            self.objective.on_step_end(self.step, cfg.max_steps)
+            self.step += 1
+            bar.update(1)
+            if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                now = time.perf_counter()
+                row = self._log_row(sums, bad, now - t_log, n_jets - jets_log)
+                bar.set_postfix(loss=f"{row['train_loss']:.4f}", jets_s=f"{row['jets_per_s']:.0f}")
+                sums, t_log, jets_log = {}, now, n_jets
+            if val_loader is not None and (self.step % cfg.eval_every == 0 or self.step == cfg.max_steps):
+                stopped = self._evaluate(val_loader)
+            if self.step % cfg.ckpt_every == 0 or self.step == cfg.max_steps or stopped:
+                self._check_finite(bad)
+                self.save_last()
+            if stopped:
+                log.info("early stopping at step %d (best %s at step %s)", self.step, self.best, self.best_step)
+                break
+        bar.close()
+        self._check_finite(bad)
+        if val_loader is None and self.dist.is_main:  # no validation: the final model is "best"
+            ckpt.save_weights(self.run_dir / "best", self.objective, self.spec)
+        self.logger.close()
+        secs = time.perf_counter() - t0
+        return FitResult(self.step, self.best, self.best_step, stopped, secs, n_jets / max(secs, 1e-9))
+
+    def _optimizer_step(self) -> torch.Tensor:
+        params = [p for p in self.objective.parameters() if p.requires_grad]
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        if self.cfg.clip_grad > 0:
+            norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.clip_grad)
+        else:
+            norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return norm.detach().float()
+
+    def _check_finite(self, bad: torch.Tensor) -> None:
+        if bool(bad):
+            raise TrainingDivergedError(
+                f"training diverged: the loss became NaN/inf before step {self.step}; the last good checkpoint "
+                f"is kept in {self.ckpt_dir} (lower the learning rate, or check the inputs)")
+
+    def _log_row(self, sums: dict[str, torch.Tensor], bad: torch.Tensor, dt: float, jets: int) -> dict[str, Any]:
+        self._check_finite(bad)
+        n = self.cfg.log_every if self.step % self.cfg.log_every == 0 else self.step % self.cfg.log_every
+        n_micro = n * self.cfg.grad_accum
+        row: dict[str, Any] = {"step": self.step, "epoch": self.epoch}
+        for k, v in sums.items():
+            row[f"train_{k}"] = float(v) / (n if k == "grad_norm" else n_micro)
+        row["lr"] = self.optimizer.param_groups[0]["lr"]
+        row["jets_per_s"] = jets * self.dist.world_size / max(dt, 1e-9)
+        self.logger.log(row)
+        return row
+
+    @torch.no_grad()
+    def _evaluate(self, loader: Iterable[ParticleBatch]) -> bool:
+        """Validation loss (+ classification metrics if the objective gives logits); best checkpoint."""
+        self.objective.eval()
+        total, n = torch.zeros((), device=self.device), 0
+        logits, labels = [], []
+        for batch in loader:
+            batch = batch.to(self.device, non_blocking=True)
+            with self._autocast():
+                out = self.objective(batch)
+            total += out.loss.float() * len(batch)
+            n += len(batch)
+            if out.logits is not None and batch.label is not None:
+                logits.append(out.logits.float().cpu())
+                labels.append(batch.label.cpu())
+        self.objective.train()
+        if n == 0:
+            raise HepfmInputError("the validation data is empty")
+        metrics = {"val_loss": float(total) / n}
+        if logits and self.metrics_fn is not None:
+            metrics |= {f"val_{k}": v for k, v in
+                        self.metrics_fn(torch.cat(logits).numpy(), torch.cat(labels).numpy()).items()}
+        self.logger.log({"step": self.step, **metrics})
+        value = metrics.get(self.cfg.monitor)
+        if value is None:
+            raise HepfmInputError(f"monitor {self.cfg.monitor!r} is not among the validation metrics {sorted(metrics)}")
+        better = self.best is None or (value < self.best if self.cfg.monitor_mode == "min" else value > self.best)
+        if better and math.isfinite(value):
+            self.best, self.best_step, self.bad_evals = value, self.step, 0
+            if self.dist.is_main:
+                ckpt.save_weights(self.run_dir / "best", self.objective, self.spec | {"step": self.step,
+                                                                                     "val_metrics": metrics})
+        else:
+            self.bad_evals += 1
+        return bool(self.cfg.early_stop_patience and self.bad_evals >= self.cfg.early_stop_patience)
