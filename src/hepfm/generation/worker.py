@@ -131,7 +131,9 @@ class ShardGenerator:
         rec = {k: ak.to_numpy(ak.flatten(prt[k])) for k in ("id", "status", "daughter1", "daughter2")}
         for k in ("px", "py", "pz", "e"):
             rec[k] = ak.to_numpy(ak.flatten(prt.p[k])).astype(np.float64)
-        vx, vy, vz = (ak.to_numpy(ak.flatten(prt.vProd[k])).astype(np.float64) for k in ("px", "py", "pz"))
+        # vProd is missing (None) for particles made at the primary vertex: that is the origin.
+        vx, vy, vz = (ak.to_numpy(ak.flatten(ak.fill_none(prt.vProd[k], 0.0))).astype(np.float64)
+                      for k in ("px", "py", "pz"))
         event = np.repeat(np.arange(n_ev), counts)
 
         final = (rec["status"] > 0) & ~np.isin(np.abs(rec["id"]), INVISIBLE_IDS)

@@ -1,0 +1,409 @@
+"""hepfm's own HDF5 layout: chunked, compressed, checksummed and schema-versioned.
+
+Root attributes::
+
+    hepfm_format = "jets"        hepfm_schema = 1          n_jets
+    class_names  (JSON list)     labeled (bool)           metadata (JSON: generator versions,
+    class_counts (JSON dict)     hepfm_version             settings, seed, provenance...)
+
+Datasets (``n`` jets, ``N`` particle slots)::
+
+    p4            (n, N, 4) float32   px, py, pz, E; zero in padding slots
+    n_particles   (n,)      int16     mask = slot < n_particles (particles fill the leading slots)
+    label         (n,)      int64     only if labeled
+    particles/<k> (n, N)    float32   one per per-particle field (``pid``: int32)
+    jets/<k>      (n, ...)  as given  one per per-jet field
+
+Every dataset is chunked along jets (``chunk_jets`` = 1000 by default), gzip level 4 + shuffle, with
+Fletcher-32 checksums so that corrupted bytes raise instead of returning wrong numbers. Files are
+written to a temporary sibling and renamed on success (:class:`HepfmH5Writer`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from hepfm.data.jets import JetChunk
+from hepfm.data.validate import ValidatingSource, read_errors
+from hepfm.errors import HepfmInputError
+from hepfm.io import atomic_path
+
+#: The schema this version writes and the newest it reads.
+SCHEMA = 1
+FORMAT_TAG = "jets"
+#: HDF5 chunk cache per dataset when reading (a p4 chunk of 1000 jets x 128 slots is 2 MB).
+_CACHE_BYTES = 8 * 1024 * 1024
+
+
+def _attr_str(value: Any) -> str:
+    if isinstance(value, bytes | np.bytes_):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, tuple | set):
+        return list(obj)
+    raise TypeError(f"metadata value not JSON serialisable: {type(obj).__name__}")
+
+
+def dumps_metadata(metadata: dict | None) -> str:
+    """JSON text of a metadata dict (numpy scalars/arrays and paths allowed)."""
+    return json.dumps(metadata or {}, sort_keys=True, default=_json_default)
+
+
+def is_hepfm_file(f: h5py.File) -> bool:
+    return _attr_str(f.attrs.get("hepfm_format", "")) == FORMAT_TAG
+
+
+class HepfmH5Source(ValidatingSource):
+    """Reader of hepfm HDF5 files; ``read(start, stop)`` reads only those rows.
+
+    Args:
+        path: the file.
+        max_particles: keep at most this many particle slots (None: all the file has).
+        validate, skip_bad: see :class:`~hepfm.data.validate.ValidatingSource`.
+    """
+
+    format = "hepfm"
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        max_particles: int | None = None,
+        validate: bool = True,
+        skip_bad: bool = False,
+    ) -> None:
+        super().__init__(path, validate=validate, skip_bad=skip_bad)
+        self.max_particles_option = max_particles
+        with read_errors(self.path, "reading the hepfm HDF5 header"):
+            self._init_header()
+
+    def _open(self) -> h5py.File:
+        return h5py.File(self.path, "r", rdcc_nbytes=_CACHE_BYTES)
+
+    def _init_header(self) -> None:
+        f = self._file()
+        if not is_hepfm_file(f):
+            raise HepfmInputError("not a hepfm jets file (no hepfm_format='jets' attribute)", self.path)
+        try:
+            schema = int(f.attrs["hepfm_schema"])
+        except KeyError:
+            raise HepfmInputError("hepfm file without a hepfm_schema attribute", self.path) from None
+        if schema > SCHEMA:
+            raise HepfmInputError(
+                f"written with hepfm file schema {schema}, but this hepfm reads schema {SCHEMA} and "
+                "older; upgrade hepfm to read it",
+                self.path,
+            )
+        if schema < 1:
+            raise HepfmInputError(f"invalid hepfm_schema {schema}", self.path)
+        self.schema = schema
+        for name in ("p4", "n_particles"):
+            if name not in f:
+                raise HepfmInputError(f"hepfm file is missing dataset {name!r}", self.path)
+        p4 = f["p4"]
+        if p4.ndim != 3 or p4.shape[2] != 4:
+            raise HepfmInputError(f"dataset 'p4' has shape {p4.shape}, expected (n, N, 4)", self.path)
+        n, n_slots = p4.shape[0], p4.shape[1]
+        self._n = n
+        self.file_max_particles = n_slots
+        mp = self.max_particles_option
+        self._slots = n_slots if mp is None else min(mp, n_slots)
+        try:
+            self.class_names = tuple(json.loads(_attr_str(f.attrs.get("class_names", "[]"))))
+            self.metadata = json.loads(_attr_str(f.attrs.get("metadata", "{}")))
+        except json.JSONDecodeError as err:
+            raise HepfmInputError(f"unreadable JSON in file attributes: {err}", self.path) from None
+        self.has_labels = bool(f.attrs.get("labeled", "label" in f))
+        self.n_jets_attr = int(f.attrs.get("n_jets", n))
+
+        def check_rows(name: str, ndim_min: int = 1) -> None:
+            ds = f[name]
+            if ds.ndim < ndim_min or ds.shape[0] != n:
+                raise HepfmInputError(
+                    f"dataset {name!r} has shape {ds.shape}, inconsistent with {n} jets in 'p4'", self.path
+                )
+
+        check_rows("n_particles")
+        if self.has_labels:
+            if "label" not in f:
+                raise HepfmInputError("file says labeled=True but has no 'label' dataset", self.path)
+            check_rows("label")
+        self._particle_keys = sorted(f["particles"]) if "particles" in f else []
+        self._jet_keys = sorted(f["jets"]) if "jets" in f else []
+        for k in self._particle_keys:
+            check_rows(f"particles/{k}", 2)
+            if f[f"particles/{k}"].shape[1] != n_slots:
+                raise HepfmInputError(
+                    f"dataset 'particles/{k}' has {f[f'particles/{k}'].shape[1]} slots, 'p4' has {n_slots}",
+                    self.path,
+                )
+        for k in self._jet_keys:
+            check_rows(f"jets/{k}")
+        if self.n_jets_attr != n:
+            raise HepfmInputError(
+                f"n_jets attribute says {self.n_jets_attr} jets but the datasets hold {n}", self.path
+            )
+
+    def _read(self, start: int, stop: int) -> JetChunk:
+        s = self._slots
+        with read_errors(self.path, f"reading jets {start}-{stop}"):
+            f = self._file()
+            p4 = f["p4"][start:stop, :s].astype(np.float32, copy=False)
+            npart = f["n_particles"][start:stop].astype(np.int64)
+            label = f["label"][start:stop].astype(np.int64) if self.has_labels else None
+            particles = {k: f[f"particles/{k}"][start:stop, :s] for k in self._particle_keys}
+            jets = {k: f[f"jets/{k}"][start:stop] for k in self._jet_keys}
+        if npart.size and (npart.min() < 0 or npart.max() > self.file_max_particles):
+            i = int(np.flatnonzero((npart < 0) | (npart > self.file_max_particles))[0])
+            raise HepfmInputError(
+                f"jet {start + i}: n_particles = {npart[i]} outside [0, {self.file_max_particles}] "
+                "(file corrupted?)",
+                self.path,
+            )
+        mask = np.arange(s)[None, :] < npart[:, None]
+        return JetChunk(
+            p4=p4, mask=mask, label=label, class_names=self.class_names, particles=particles, jets=jets
+        )
+
+
+class HepfmH5Writer:
+    """Streaming writer of hepfm HDF5 files, used as a context manager::
+
+        with HepfmH5Writer(path, max_particles=128, class_names=names, labeled=True,
+                           metadata={"seed": 1}) as w:
+            for chunk in chunks:
+                w.append(chunk)
+
+    Chunks with more particle slots than ``max_particles`` are truncated (particles are
+    pT-ordered, so the softest go), fewer are zero-padded. The per-particle and per-jet fields of the
+    first chunk fix the file's fields; later chunks must have the same ones. Rows are buffered and
+    written in whole HDF5 chunks. On success the file is renamed onto ``path``; on an exception the
+    temporary file is removed and ``path`` is left untouched.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        max_particles: int,
+        class_names: Iterable[str],
+        labeled: bool,
+        metadata: dict | None = None,
+        chunk_jets: int = 1000,
+        compression_level: int = 4,
+    ) -> None:
+        if max_particles < 1 or max_particles > np.iinfo(np.int16).max:
+            raise ValueError(f"max_particles must be in [1, 32767], got {max_particles}")
+        self.path = Path(path)
+        self.max_particles = int(max_particles)
+        self.class_names = tuple(class_names)
+        self.labeled = bool(labeled)
+        self.metadata = dict(metadata or {})
+        self._metadata_json = dumps_metadata(self.metadata)  # fail early if not serialisable
+        self.chunk_jets = int(chunk_jets)
+        self.compression_level = compression_level
+        self.n_written = 0
+        self._class_counts = np.zeros(len(self.class_names), dtype=np.int64)
+        self._buffer: list[dict[str, np.ndarray]] = []
+        self._buffered = 0
+        self._particle_keys: list[str] | None = None
+        self._jet_keys: list[str] | None = None
+        self._f: h5py.File | None = None
+        self._stack: contextlib.ExitStack | None = None
+
+    # -- context manager ----------------------------------------------------------------------
+    def __enter__(self) -> HepfmH5Writer:
+        self._stack = contextlib.ExitStack()
+        tmp = self._stack.enter_context(atomic_path(self.path, suffix=".h5"))
+        try:
+            self._f = h5py.File(tmp, "w")
+        except BaseException as err:
+            self._stack.__exit__(type(err), err, err.__traceback__)
+            raise
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        assert self._stack is not None and self._f is not None
+        try:
+            if exc_type is None:
+                self._flush(final=True)
+                self._ensure_datasets({})
+                self._write_attrs()
+            self._f.close()
+        except BaseException as err:
+            with contextlib.suppress(Exception):
+                self._f.close()
+            self._stack.__exit__(type(err), err, err.__traceback__)
+            raise
+        self._stack.__exit__(exc_type, exc, tb)
+        return False
+
+    # -- writing ------------------------------------------------------------------------------
+    def append(self, chunk: JetChunk) -> None:
+        """Add the jets of ``chunk``."""
+        if self._f is None:
+            raise RuntimeError("HepfmH5Writer.append outside its 'with' block")
+        if len(chunk) == 0:
+            return
+        if self.labeled:
+            if chunk.label is None:
+                raise ValueError("writer is labeled but the chunk has no labels")
+            if tuple(chunk.class_names) != self.class_names:
+                raise ValueError(f"chunk class names {chunk.class_names} != writer's {self.class_names}")
+            lab = chunk.label
+            if lab.min() < 0 or lab.max() >= len(self.class_names):
+                raise ValueError("chunk labels outside [0, number of classes)")
+            self._class_counts += np.bincount(lab, minlength=len(self.class_names))
+        n_slots = self.max_particles
+        chunk = chunk.truncate(n_slots)
+        npart = chunk.mask.sum(axis=1)
+        if not np.array_equal(chunk.mask, np.arange(chunk.max_particles)[None, :] < npart[:, None]):
+            raise ValueError("chunk mask is not contiguous: real particles must fill the leading slots")
+        pad = n_slots - chunk.max_particles
+
+        def padded(a: np.ndarray) -> np.ndarray:
+            if pad == 0:
+                return a
+            return np.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2))
+
+        p4 = np.where(chunk.mask[..., None], chunk.p4, 0).astype(np.float32)
+        rows: dict[str, np.ndarray] = {"p4": padded(p4), "n_particles": npart.astype(np.int16)}
+        if self.labeled:
+            rows["label"] = chunk.label.astype(np.int64)  # type: ignore[union-attr]
+        if self._particle_keys is None:
+            self._particle_keys = sorted(chunk.particles)
+            self._jet_keys = sorted(chunk.jets)
+        if sorted(chunk.particles) != self._particle_keys or sorted(chunk.jets) != self._jet_keys:
+            raise ValueError(
+                f"chunk fields differ from the first chunk's: particles {sorted(chunk.particles)} vs "
+                f"{self._particle_keys}, jets {sorted(chunk.jets)} vs {self._jet_keys}"
+            )
+        for k, v in chunk.particles.items():
+            dtype = np.int32 if k == "pid" else np.float32
+            rows[f"particles/{k}"] = padded(np.where(chunk.mask, v, 0).astype(dtype))
+        for k, v in chunk.jets.items():
+            rows[f"jets/{k}"] = np.asarray(v)
+        self._buffer.append(rows)
+        self._buffered += len(chunk)
+        if self._buffered >= self.chunk_jets:
+            self._flush(final=False)
+
+    def _ensure_datasets(self, rows: dict[str, np.ndarray]) -> None:
+        f = self._f
+        assert f is not None
+        if "p4" in f:
+            return
+        if not rows:  # nothing was ever written: an empty but valid file
+            rows = {
+                "p4": np.zeros((0, self.max_particles, 4), np.float32),
+                "n_particles": np.zeros(0, np.int16),
+            }
+            if self.labeled:
+                rows["label"] = np.zeros(0, np.int64)
+        for name, arr in rows.items():
+            f.create_dataset(
+                name,
+                shape=(0, *arr.shape[1:]),
+                maxshape=(None, *arr.shape[1:]),
+                dtype=arr.dtype,
+                chunks=(self.chunk_jets, *arr.shape[1:]),
+                compression="gzip",
+                compression_opts=self.compression_level,
+                shuffle=True,
+                fletcher32=True,
+            )
+
+    def _flush(self, *, final: bool) -> None:
+        if not self._buffer:
+            return
+        rows = {k: np.concatenate([b[k] for b in self._buffer]) for k in self._buffer[0]}
+        n = len(rows["p4"])
+        n_out = n if final else (n // self.chunk_jets) * self.chunk_jets
+        if n_out == 0:
+            return
+        self._ensure_datasets(rows)
+        f = self._f
+        assert f is not None
+        start = self.n_written
+        for name, arr in rows.items():
+            ds = f[name]
+            ds.resize(start + n_out, axis=0)
+            ds[start : start + n_out] = arr[:n_out]
+        self.n_written += n_out
+        rest = {k: v[n_out:] for k, v in rows.items()}
+        self._buffer = [rest] if n_out < n else []
+        self._buffered = n - n_out
+
+    def _write_attrs(self) -> None:
+        from hepfm import __version__
+
+        f = self._f
+        assert f is not None
+        f.attrs["hepfm_format"] = FORMAT_TAG
+        f.attrs["hepfm_schema"] = SCHEMA
+        f.attrs["hepfm_version"] = __version__
+        f.attrs["class_names"] = json.dumps(list(self.class_names))
+        f.attrs["labeled"] = self.labeled
+        f.attrs["metadata"] = self._metadata_json
+        f.attrs["n_jets"] = self.n_written
+        counts = dict(zip(self.class_names, self._class_counts.tolist(), strict=True)) if self.labeled else {}
+        f.attrs["class_counts"] = json.dumps(counts)
+
+
+def write_hepfm(
+    path: str | Path,
+    chunks: Iterable[JetChunk],
+    metadata: dict | None = None,
+    *,
+    max_particles: int | None = None,
+    chunk_jets: int = 1000,
+) -> int:
+    """Write ``chunks`` to a hepfm HDF5 file; returns the number of jets written.
+
+    Class names, labeled-ness and (unless ``max_particles`` is given) the number of slots come from
+    the first chunk; with ``max_particles=None`` a later chunk with more real particles than that is
+    an error rather than a silent truncation.
+    """
+    it = iter(chunks)
+    first = next(it, None)
+    if first is None:
+        raise HepfmInputError("nothing to write: no jets", path)
+    auto = max_particles is None
+    n_slots = first.max_particles if auto else int(max_particles)  # type: ignore[arg-type]
+    with HepfmH5Writer(
+        path,
+        max_particles=n_slots,
+        class_names=first.class_names,
+        labeled=first.label is not None,
+        metadata=metadata,
+        chunk_jets=chunk_jets,
+    ) as w:
+        w.append(first)
+        for chunk in it:
+            if auto and chunk.max_particles > n_slots and chunk.mask[:, n_slots:].any():
+                raise ValueError(
+                    f"a chunk has jets with more than {n_slots} particles (the first chunk's slot "
+                    "count); pass max_particles to write_jets to truncate"
+                )
+            w.append(chunk)
+    return w.n_written

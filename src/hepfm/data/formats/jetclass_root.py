@@ -1,0 +1,405 @@
+"""The JetClass ROOT layout (Qu, Li, Qian, arXiv:2202.03772), read and written with uproot.
+
+One TTree ``tree``, one entry per jet. Branches (as in the official files, ``tree.show()`` of
+``JetClass_example_100k.root`` in jet-universe/particle_transformer ``notebooks/JetClass101.ipynb``):
+
+* jagged per particle: ``part_px, part_py, part_pz, part_energy, part_deta, part_dphi, part_d0val,
+  part_d0err, part_dzval, part_dzerr, part_charge`` (``vector<float>``) and ``part_isChargedHadron,
+  part_isNeutralHadron, part_isPhoton, part_isElectron, part_isMuon`` (``vector<int32>``);
+* per jet: ``label_QCD, label_Hbb, ..., label_Tbl`` (one-hot; the official file mixes float, bool
+  and int32, so any numeric type is accepted), ``jet_pt, jet_eta, jet_phi, jet_energy,
+  jet_nparticles, jet_sdmass, jet_tau1..4`` (float) and ``aux_genpart_*``, ``aux_truth_match``
+  (float; truth information, ignored by the reader).
+
+Reader: ``part_px/py/pz/energy`` are required (a missing one is an error naming it); the other
+``part_*`` fields of :data:`~hepfm.data.jets.PARTICLE_FIELDS` are read if present (float32;
+``pid`` int32). Particles are sorted by decreasing pT if a jet is not, then clipped/zero-padded to
+``max_particles`` (default 128 as in ParT; None = the longest jet of the chunk). ``label`` is the
+index of the set ``label_*`` (class names :data:`~hepfm.data.jets.JETCLASS_CLASSES`); a file with
+no ``label_*`` branch is unlabeled, one with only some of the ten is an error. A file whose
+``label_*`` names are not all JetClass classes (e.g. ``label_QCD, label_Top`` written by hepfm from
+Top Tagging jets) is read with those classes, in branch order. Every scalar ``jet_*``
+branch goes to ``chunk.jets`` under its branch name; ``aux_hepfm_<k>`` (written by hepfm) goes back
+to ``chunk.jets[k]``. Other keys in the file (e.g. ``hepfm_metadata``) are ignored.
+
+Writer: a TTree (not an RNTuple) whose per-particle branches are written through one awkward
+record, so uproot names them ``part_<field>`` with a shared counter branch ``npart``
+(``float[npart]`` instead of ``vector<float>``: both read back as the same jagged arrays in uproot
+and weaver). Particle fields missing from the chunks are written as zeros so that weaver's
+JetClass configs load, and are listed in the metadata (``zero_filled_branches``). ``part_deta`` /
+``part_dphi`` are computed relative to the jet axis with the official convention
+(``deta = (eta - jet_eta) * sign(jet_eta)``, ``dphi`` wrapped into [-pi, pi)). ``jet_pt, jet_eta,
+jet_phi, jet_energy, jet_nparticles`` come from ``chunk.jets`` if present, else from the sum of
+the constituents; ``jet_sdmass``/``jet_tau*`` only if present. ``label_<class>`` (bool) is written
+for each of the chunks' class names (the ten JetClass ones, or any other set such as QCD/Top).
+The metadata dict is stored as JSON in a ``TObjString`` named ``hepfm_metadata``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from hepfm.data.jets import JETCLASS_CLASSES, PID_FLAGS, JetChunk, pt_eta_phi
+from hepfm.data.validate import LABEL_NOT_ONE_HOT, ROOT_ERRORS, ValidatingSource, read_errors
+from hepfm.errors import HepfmInputError
+from hepfm.io import atomic_path
+
+TREE = "tree"
+MOMENTUM_BRANCHES = ("part_px", "part_py", "part_pz", "part_energy")
+#: Per-particle fields of the official files besides the momenta, in their branch order.
+OFFICIAL_PARTICLE_FIELDS = (
+    "d0val",
+    "d0err",
+    "dzval",
+    "dzerr",
+    "charge",
+    "isChargedHadron",
+    "isNeutralHadron",
+    "isPhoton",
+    "isElectron",
+    "isMuon",
+)
+READ_PARTICLE_FIELDS = (*OFFICIAL_PARTICLE_FIELDS, "pid")
+JET_BRANCHES = ("jet_pt", "jet_eta", "jet_phi", "jet_energy", "jet_nparticles")
+OPTIONAL_JET_BRANCHES = ("jet_sdmass", "jet_tau1", "jet_tau2", "jet_tau3", "jet_tau4")
+AUX_PREFIX = "aux_hepfm_"
+METADATA_KEY = "hepfm_metadata"
+DEFAULT_MAX_PARTICLES = 128
+
+
+def _scalar_branch(branch) -> bool:  # noqa: ANN001
+    """True if an uproot branch holds one number per entry."""
+    import uproot
+
+    interp = branch.interpretation
+    return isinstance(interp, uproot.interpretation.numerical.AsDtype) and interp.to_dtype.shape == ()
+
+
+def find_tree(f):  # noqa: ANN001, ANN201
+    """The JetClass TTree of an open uproot file, or None."""
+    if TREE not in f:
+        return None
+    classname = f.classname_of(TREE)
+    if classname != "TTree":
+        return None
+    return f[TREE]
+
+
+class JetClassRootSource(ValidatingSource):
+    """Reader of JetClass ROOT files.
+
+    Args:
+        path: the file.
+        max_particles: slots per jet (default 128; None = the longest jet in each chunk read).
+        validate, skip_bad: see :class:`~hepfm.data.validate.ValidatingSource`.
+    """
+
+    format = "jetclass-root"
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        max_particles: int | None = DEFAULT_MAX_PARTICLES,
+        validate: bool = True,
+        skip_bad: bool = False,
+    ) -> None:
+        super().__init__(path, validate=validate, skip_bad=skip_bad)
+        self.max_particles = max_particles
+        with read_errors(self.path, "reading the JetClass ROOT layout", ROOT_ERRORS):
+            self._init_layout()
+
+    def _open(self):  # noqa: ANN202
+        import uproot
+
+        return uproot.open(self.path)
+
+    def _tree(self):  # noqa: ANN202
+        f = self._file()
+        tree = find_tree(f)
+        if tree is None:
+            if TREE in f:
+                raise HepfmInputError(
+                    f"key {TREE!r} is a {f.classname_of(TREE)}, not a TTree (JetClass layout)", self.path
+                )
+            raise HepfmInputError(f"no TTree {TREE!r} (JetClass layout); keys: {f.keys()}", self.path)
+        return tree
+
+    def _init_layout(self) -> None:
+        f = self._file()
+        tree = self._tree()
+        names = set(tree.keys())
+        for b in MOMENTUM_BRANCHES:
+            if b not in names:
+                raise HepfmInputError(f"missing branch {b}", self.path)
+        self._particle_fields = [k for k in READ_PARTICLE_FIELDS if f"part_{k}" in names]
+        # label_* branches in file order (scalar ones only)
+        in_file = [k for k in tree.keys() if k.startswith("label_") and _scalar_branch(tree[k])]
+        file_classes = [k[len("label_") :] for k in in_file]
+        if not file_classes:
+            classes: tuple[str, ...] = ()
+        elif set(file_classes) <= set(JETCLASS_CLASSES):
+            missing = [c for c in JETCLASS_CLASSES if c not in file_classes]
+            if missing:
+                raise HepfmInputError(
+                    f"missing branch label_{missing[0]} (other JetClass label_* branches exist)", self.path
+                )
+            classes = JETCLASS_CLASSES
+        else:  # another class set written in this layout (e.g. QCD/Top by hepfm): file order
+            classes = tuple(file_classes)
+        self.has_labels = bool(classes)
+        self.class_names = classes
+        self._label_branches = [f"label_{c}" for c in classes]
+        self._jet_branches = sorted(
+            k for k in names if (k.startswith("jet_") or k.startswith(AUX_PREFIX)) and _scalar_branch(tree[k])
+        )
+        self._n = int(tree.num_entries)
+        if METADATA_KEY in f:
+            try:
+                self.metadata = json.loads(str(f[METADATA_KEY]))
+            except (json.JSONDecodeError, TypeError, ValueError):
+                self.metadata = {}
+
+    def _read(self, start: int, stop: int) -> JetChunk:
+        import awkward as ak
+
+        branches = [
+            *MOMENTUM_BRANCHES,
+            *(f"part_{k}" for k in self._particle_fields),
+            *self._label_branches,
+            *self._jet_branches,
+        ]
+        with read_errors(self.path, f"reading jets {start}-{stop}", ROOT_ERRORS):
+            arrays = self._tree().arrays(branches, entry_start=start, entry_stop=stop, library="ak")
+            n = stop - start
+            if len(arrays) != n:
+                raise HepfmInputError(f"read {len(arrays)} entries for jets {start}-{stop}", self.path)
+            counts = ak.to_numpy(ak.num(arrays["part_px"], axis=1)).astype(np.int64)
+            flat: dict[str, np.ndarray] = {}
+            for b in branches[: len(MOMENTUM_BRANCHES) + len(self._particle_fields)]:
+                col = arrays[b]
+                c = ak.to_numpy(ak.num(col, axis=1))
+                if not np.array_equal(c, counts):
+                    i = int(np.flatnonzero(c != counts)[0])
+                    raise HepfmInputError(
+                        f"jet {start + i}: branch {b} has {c[i]} particles but part_px has {counts[i]}",
+                        self.path,
+                    )
+                flat[b] = ak.to_numpy(ak.flatten(col, axis=1))
+            label_cols = [ak.to_numpy(arrays[b]).astype(np.float64) for b in self._label_branches]
+            jet_cols = {b: ak.to_numpy(arrays[b]) for b in self._jet_branches}
+        total = int(counts.sum())
+        row = np.repeat(np.arange(n), counts)
+        offsets = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        pos = np.arange(total) - np.repeat(offsets[:-1], counts)
+        # pT-descending within each jet (before clipping, so the hardest particles are kept)
+        with np.errstate(all="ignore"):
+            pt = np.hypot(flat["part_px"].astype(np.float64), flat["part_py"].astype(np.float64))
+            unsorted = total > 1 and bool(((row[1:] == row[:-1]) & (pt[1:] > pt[:-1])).any())
+        if unsorted:
+            order = np.lexsort((-pt, row))
+            flat = {k: v[order] for k, v in flat.items()}
+        n_slots = self.max_particles if self.max_particles is not None else int(counts.max(initial=0))
+        keep = pos < n_slots
+        rk, pk = row[keep], pos[keep]
+        p4 = np.zeros((n, n_slots, 4), dtype=np.float32)
+        for c, b in enumerate(MOMENTUM_BRANCHES):
+            p4[rk, pk, c] = flat[b][keep]
+        mask = np.zeros((n, n_slots), dtype=bool)
+        mask[rk, pk] = True
+        particles = {}
+        for k in self._particle_fields:
+            arr = np.zeros((n, n_slots), dtype=np.int32 if k == "pid" else np.float32)
+            arr[rk, pk] = flat[f"part_{k}"][keep]
+            particles[k] = arr
+        label = None
+        if self.has_labels:
+            onehot = np.stack(label_cols, axis=1)
+            with np.errstate(invalid="ignore"):
+                ok = ((onehot == 0) | (onehot == 1)).all(axis=1) & (onehot.sum(axis=1) == 1)
+            label = np.where(ok, onehot.argmax(axis=1), LABEL_NOT_ONE_HOT).astype(np.int64)
+        jets = {}
+        for b, v in jet_cols.items():
+            jets[b[len(AUX_PREFIX) :] if b.startswith(AUX_PREFIX) else b] = v
+        return JetChunk(
+            p4=p4, mask=mask, label=label, class_names=self.class_names, particles=particles, jets=jets
+        )
+
+
+# -- writer -------------------------------------------------------------------------------------
+def _wrap_phi(x: np.ndarray) -> np.ndarray:
+    return (x + np.pi) % (2 * np.pi) - np.pi
+
+
+def _pid_flags(pid: np.ndarray, charge: np.ndarray) -> dict[str, np.ndarray]:
+    """The five JetClass particle-ID flags from PDG ids and charges."""
+    apid = np.abs(pid)
+    electron = apid == 11
+    muon = apid == 13
+    photon = apid == 22
+    charged_hadron = (charge != 0) & ~electron & ~muon
+    neutral_hadron = (charge == 0) & ~photon & ~electron & ~muon
+    return {
+        "isChargedHadron": charged_hadron,
+        "isNeutralHadron": neutral_hadron,
+        "isPhoton": photon,
+        "isElectron": electron,
+        "isMuon": muon,
+    }
+
+
+class _JetClassTreeWriter:
+    def __init__(self, f, basket_jets: int) -> None:  # noqa: ANN001
+        self.f = f
+        self.basket_jets = basket_jets
+        self.tree = None
+        self.buffer: list[JetChunk] = []
+        self.buffered = 0
+        self.labeled: bool | None = None
+        self.class_names: tuple[str, ...] | None = None
+        self.zero_filled: set[str] = set()
+        self.derived_flags = False
+        self.dropped: set[str] = set()
+        self.n = 0
+
+    def add(self, chunk: JetChunk) -> None:
+        if len(chunk) == 0:
+            return
+        labeled = chunk.label is not None
+        if self.labeled is None:
+            self.labeled = labeled
+        elif self.labeled != labeled:
+            raise ValueError("mixing labeled and unlabeled chunks")
+        if labeled:
+            if self.class_names is None:
+                self.class_names = tuple(chunk.class_names)
+                if not self.class_names:
+                    raise ValueError("labeled chunk without class names")
+            elif tuple(chunk.class_names) != self.class_names:
+                raise ValueError(
+                    f"class names differ between chunks: {chunk.class_names} vs {self.class_names}"
+                )
+        self.buffer.append(chunk)
+        self.buffered += len(chunk)
+        if self.buffered >= self.basket_jets:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.buffer:
+            return
+        chunk = JetChunk.concat(self.buffer) if len(self.buffer) > 1 else self.buffer[0]
+        self.buffer, self.buffered = [], 0
+        data = self._arrays(chunk)
+        import awkward as ak
+
+        if self.tree is None:
+            types = {k: (v.type if isinstance(v, ak.Array) else v.dtype) for k, v in data.items()}
+            self.tree = self.f.mktree(TREE, types)
+        self.tree.extend(data)
+        self.n += len(chunk)
+
+    def _arrays(self, chunk: JetChunk) -> dict:
+        import awkward as ak
+
+        mask = chunk.mask
+        npart = mask.sum(axis=1)
+        if not np.array_equal(mask, np.arange(chunk.max_particles)[None, :] < npart[:, None]):
+            raise ValueError("chunk mask is not contiguous: real particles must fill the leading slots")
+        kin = chunk.jet_kinematics()
+        jets: dict[str, np.ndarray] = {}
+        for b in JET_BRANCHES:
+            if b in chunk.jets:
+                jets[b] = np.asarray(chunk.jets[b], dtype=np.float32)
+            elif b == "jet_nparticles":
+                jets[b] = npart.astype(np.float32)
+            else:
+                jets[b] = kin[b[len("jet_") :]].astype(np.float32)
+        for b in sorted(chunk.jets):
+            v = np.asarray(chunk.jets[b])
+            if b in jets:
+                continue
+            if v.ndim != 1:
+                self.dropped.add(b)
+                continue
+            name = b if b.startswith("jet_") else AUX_PREFIX + b
+            jets[name] = v.astype(np.float32) if b.startswith("jet_") else v
+        # particles, flattened to the real ones
+        p4 = chunk.p4[mask]
+        pt, eta, phi = pt_eta_phi(p4.astype(np.float64))
+        row = np.repeat(np.arange(len(chunk)), npart)
+        jet_eta = jets["jet_eta"].astype(np.float64)[row]
+        jet_phi = jets["jet_phi"].astype(np.float64)[row]
+        sign = np.where(jet_eta < 0, -1.0, 1.0)
+        fields: dict[str, np.ndarray] = {
+            "px": p4[:, 0],
+            "py": p4[:, 1],
+            "pz": p4[:, 2],
+            "energy": p4[:, 3],
+            "deta": ((eta - jet_eta) * sign).astype(np.float32),
+            "dphi": _wrap_phi(phi - jet_phi).astype(np.float32),
+        }
+        flags = None
+        if (
+            "pid" in chunk.particles
+            and "charge" in chunk.particles
+            and not all(k in chunk.particles for k in PID_FLAGS)
+        ):
+            flags = _pid_flags(chunk.particles["pid"][mask], chunk.particles["charge"][mask])
+            self.derived_flags = True
+        for k in OFFICIAL_PARTICLE_FIELDS:
+            dtype = np.int32 if k in PID_FLAGS else np.float32
+            if k in chunk.particles:
+                fields[k] = chunk.particles[k][mask].astype(dtype)
+            elif flags is not None and k in flags:
+                fields[k] = flags[k].astype(dtype)
+            else:
+                fields[k] = np.zeros(len(p4), dtype=dtype)
+                self.zero_filled.add(f"part_{k}")
+        if "pid" in chunk.particles:
+            fields["pid"] = chunk.particles["pid"][mask].astype(np.int32)
+        part = ak.zip({k: ak.unflatten(v, npart) for k, v in fields.items()})
+        data: dict = {"part": part}
+        if self.labeled:
+            for i, c in enumerate(chunk.class_names):
+                data[f"label_{c}"] = chunk.label == i
+        data.update(jets)
+        return data
+
+
+def write_jetclass(
+    path: str | Path,
+    chunks: Iterable[JetChunk],
+    metadata: dict | None = None,
+    *,
+    basket_jets: int = 20_000,
+) -> int:
+    """Write ``chunks`` as a JetClass ROOT file; returns the number of jets written.
+
+    Jets are buffered and written ``basket_jets`` at a time (one ROOT basket per branch each).
+    All labeled chunks must share their class names (one ``label_<name>`` branch each).
+    """
+    import uproot
+
+    from hepfm.data.formats.hepfm_h5 import dumps_metadata
+
+    with atomic_path(path, suffix=".root") as tmp:
+        with uproot.recreate(tmp) as f:
+            w = _JetClassTreeWriter(f, basket_jets)
+            for chunk in chunks:
+                w.add(chunk)
+            w.flush()
+            if w.tree is None:
+                raise HepfmInputError("nothing to write: no jets", path)
+            meta = dict(metadata or {})
+            meta["zero_filled_branches"] = sorted(w.zero_filled)
+            if w.derived_flags:
+                meta["pid_flags_derived_from"] = "pid and charge"
+            if w.dropped:
+                meta["dropped_jet_fields"] = sorted(w.dropped)
+            f[METADATA_KEY] = dumps_metadata(meta)
+    return w.n
