@@ -10,4 +10,17 @@ __version__ = "0.1.0"
 
 from hepfm.errors import HepfmInputError
 
-__all__ = ["HepfmInputError", "__version__"]
+
+
+def load(path: str):  # type: ignore[no-untyped-def]
+    """Rebuild a trained model (eval mode) from a run directory or ``.safetensors`` file.
+
+    Returns ``(model, spec)``: the model maps a ``ParticleBatch`` to logits via ``model.logits``;
+    ``spec`` holds registry names, hyper-parameters, the feature set and the class names.
+    """
+    from hepfm.workflows.classify import load as _load
+
+    return _load(path)
+
+
+__all__ = ["HepfmInputError", "__version__", "load"]

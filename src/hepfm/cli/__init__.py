@@ -15,7 +15,7 @@ from hepfm import __version__
 from hepfm.errors import HepfmInputError
 
 #: Subcommand modules, in the order ``hepfm --help`` lists them.
-SUBCOMMANDS = ("generate", "inspect")
+SUBCOMMANDS = ("generate", "inspect", "train", "evaluate")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("numexpr").setLevel(logging.WARNING)  # its thread-count notice is noise here
     try:
         return int(args.func(args) or 0)
     except HepfmInputError as err:

@@ -35,8 +35,8 @@ def save_weights(stem: Path, model: nn.Module, spec: dict[str, Any]) -> Path:
     return path
 
 
-def read_weights(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """(spec, state_dict) from a ``.safetensors`` file, its stem, or a run directory (best model)."""
+def read_weights(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], Path]:
+    """(spec, state_dict, weights file) from a ``.safetensors`` file, its stem, or a run directory."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -58,7 +58,7 @@ def read_weights(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tens
         spec = json.loads(spec_path.read_text())
     except (SafetensorError, OSError, json.JSONDecodeError, ValueError) as err:
         raise HepfmInputError(f"corrupt or unreadable checkpoint ({str(err).splitlines()[0]})", path) from None
-    return spec, state
+    return spec, state, path
 
 
 def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path, strict: bool = True) -> None:

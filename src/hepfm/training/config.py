@@ -71,15 +71,44 @@ def _from_dict(cls: type, d: dict[str, Any], where: str) -> Any:
         if default is not None and isinstance(value, dict):
             value = _from_dict(type(default), value, f"{where}.{name}")
         elif name == "betas":
-            value = tuple(value)
+            value = tuple(float(v) for v in value)
+        else:
+            value = _coerce(value, known[name].type, f"{where}.{name}")
         kwargs[name] = value
     return cls(**kwargs)
 
 
-def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply dotted ``key=value`` overrides (values parsed as YAML) to a nested dict."""
+def _coerce(value: Any, type_name: Any, key: str) -> Any:
+    """Numbers may arrive as strings (YAML 1.1 reads 1e-3 as a string) or ints where floats are meant."""
+    t = str(type_name)
+    try:
+        if t == "float" and not isinstance(value, bool):
+            return float(value)
+        if t == "int" and not isinstance(value, bool):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if t == "bool" and not isinstance(value, bool):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise HepfmInputError(f"{key}: expected {t}, got {value!r}") from None
+    return value
+
+
+def parse_value(raw: str) -> Any:
+    """A command-line value: JSON first (numbers like 3e-3, lists), else YAML (bare words)."""
+    import json
+
     import yaml
 
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return yaml.safe_load(raw)
+
+
+def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply dotted ``key=value`` overrides (values parsed as YAML) to a nested dict."""
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep:
@@ -90,5 +119,5 @@ def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise HepfmInputError(f"override {item!r}: {p} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw)
+        node[parts[-1]] = parse_value(raw)
     return d

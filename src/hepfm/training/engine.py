@@ -123,10 +123,14 @@ class Trainer:
         while True:
             sampler = getattr(loader, "sampler", None)
             skip = self.batch_in_epoch
-            for obj in (sampler, getattr(loader, "dataset", None)):
-                if hasattr(obj, "set_epoch"):
+            for obj in (loader, sampler, getattr(loader, "dataset", None)):
+                if hasattr(obj, "set_epoch"):  # idempotent: each reshuffles from (seed, epoch)
                     obj.set_epoch(self.epoch)
-            if skip and hasattr(sampler, "start_at"):
+            if skip and hasattr(loader, "load_state_dict") and hasattr(loader, "state_dict"):
+                # hepfm's JetLoader resumes mid-epoch itself (without collating the skipped batches)
+                loader.load_state_dict(loader.state_dict() | {"epoch": self.epoch, "batches": skip})
+                skip = 0
+            elif skip and hasattr(sampler, "start_at"):
                 sampler.start_at(skip * getattr(loader, "batch_size", 1))
                 skip = 0
             n = 0

@@ -1,0 +1,1 @@
+"""End-to-end workflows behind the CLI: train/evaluate now; pretrain/finetune/studies build on them."""

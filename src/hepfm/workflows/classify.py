@@ -1,0 +1,233 @@
+"""Supervised tagging: ``hepfm train`` and ``hepfm evaluate``, and rebuilding classifiers (``hepfm.load``).
+
+A run directory holds: ``config.yaml`` (the resolved config), ``provenance.json`` (versions, command,
+data files), ``metrics.jsonl``/``metrics.csv``, ``checkpoints/last.pt`` (exact resume),
+``best.safetensors`` + ``best.json`` (the model selected on validation, with everything needed to
+rebuild it), and ``eval/<test>/metrics.json`` + plots from ``hepfm evaluate``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from hepfm import __version__
+from hepfm.configs import load_preset, merge
+from hepfm.data.features import FEATURE_SETS, FeatureSet
+from hepfm.data.formats import open_sources
+from hepfm.data.loader import make_loader
+from hepfm.errors import HepfmInputError
+from hepfm.evaluation.metrics import classification_metrics, softmax
+from hepfm.heads import create_head_for
+from hepfm.io import atomic_path, write_json_atomic
+from hepfm.models import create_backbone
+from hepfm.objectives.supervised import Supervised
+from hepfm.training import checkpoint as ckpt
+from hepfm.training.config import TrainConfig
+from hepfm.training.engine import Trainer
+from hepfm.workflows.provenance import command_line, data_provenance, versions
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DataConfig:
+    train: list[str] = field(default_factory=list)
+    val: list[str] = field(default_factory=list)
+    features: str = "kin"
+    max_particles: int = 128
+    batch_size: int = 128
+    n_train: int | None = None
+    n_val: int | None = None
+    streaming: bool = False
+    skip_bad: bool = False
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "part"
+    head: str = "linear"
+    backbone_options: dict[str, Any] = field(default_factory=dict)
+    head_options: dict[str, Any] = field(default_factory=dict)
+
+
+def _section(cls: type, d: dict[str, Any], name: str) -> Any:
+    known = {f.name for f in fields(cls)}
+    unknown = set(d) - known
+    if unknown:
+        raise HepfmInputError(f"unknown {name} option(s): {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})")
+    return cls(**d)
+
+
+def resolve_config(preset: str, delta: dict[str, Any]) -> tuple[DataConfig, ModelConfig, TrainConfig]:
+    d = merge(load_preset("train", preset), delta)
+    unknown = set(d) - {"data", "model", "train"}
+    if unknown:
+        raise HepfmInputError(f"unknown config section(s): {', '.join(sorted(unknown))} (sections: data, model, train)")
+    data = _section(DataConfig, d.get("data", {}), "data")
+    model = _section(ModelConfig, d.get("model", {}), "model")
+    train = TrainConfig.from_dict(d.get("train", {}) | {"batch_size": data.batch_size,
+                                                        "max_particles": data.max_particles})
+    return data, model, train
+
+
+# -- models from specs
+def model_spec(model: ModelConfig, features: FeatureSet, class_names: tuple[str, ...], max_particles: int) -> dict:
+    return {
+        "hepfm_version": __version__,
+        "objective": "supervised",
+        "backbone": {"name": model.backbone, "options": model.backbone_options, "in_features": features.dim},
+        "head": {"name": model.head, "options": model.head_options, "num_classes": len(class_names)},
+        "features": features.to_dict(),
+        "class_names": list(class_names),
+        "max_particles": max_particles,
+    }
+
+
+def build_classifier(spec: dict[str, Any], **objective_kw: Any) -> Supervised:
+    bb = spec["backbone"]
+    backbone = create_backbone(bb["name"], bb["in_features"], **bb.get("options", {}))
+    hd = spec["head"]
+    head = create_head_for(hd["name"], backbone, hd["num_classes"], **hd.get("options", {}))
+    return Supervised(backbone, head, **objective_kw)
+
+
+def load(path: str | Path) -> tuple[Supervised, dict[str, Any]]:
+    """Rebuild a trained classifier (in eval mode) and its spec from a run directory or weights file."""
+    spec, state, file = ckpt.read_weights(path)
+    if spec.get("objective") != "supervised":
+        raise HepfmInputError(f"not a classifier checkpoint (objective {spec.get('objective')!r})", file)
+    model = build_classifier(spec)
+    ckpt.load_state_into(model, state, file)
+    return model.eval(), spec
+
+
+# -- training
+def _class_names(sources: list[Any], what: str) -> tuple[str, ...]:
+    names = {tuple(s.class_names) for s in sources}
+    if len(names) > 1:
+        raise HepfmInputError(f"{what} files have different classes: {sorted(names)}")
+    unlabeled = [str(s.path) for s in sources if not s.has_labels]
+    if unlabeled:
+        raise HepfmInputError(f"supervised training needs labels, but {what} file has none", unlabeled[0])
+    return names.pop()
+
+
+def _check_val_classes(loader: Any, n_classes: int, path: Any) -> None:
+    seen: set[int] = set()
+    for batch in loader:
+        seen |= set(batch.label.unique().tolist())
+        if len(seen) > 1:
+            return
+    raise HepfmInputError(
+        f"the validation set holds a single class ({sorted(seen)}): model selection needs at least two of {n_classes}",
+        path,
+    )
+
+
+def train(preset: str, delta: dict[str, Any], out: str | Path, *, resume: bool = True,
+          progress: bool = True) -> dict[str, Any]:
+    """Train a supervised tagger; returns the fit summary. Re-running into the same ``out`` resumes."""
+    data, model, tcfg = resolve_config(preset, delta)
+    out = Path(out)
+    if not data.train or not data.val:
+        raise HepfmInputError("training needs --data (training files) and --val (validation files)")
+    fs = FEATURE_SETS.get(data.features)
+    train_src = open_sources(data.train, max_particles=data.max_particles, skip_bad=data.skip_bad)
+    val_src = open_sources(data.val, max_particles=data.max_particles, skip_bad=data.skip_bad)
+    class_names = _class_names(train_src, "training")
+    if _class_names(val_src, "validation") != class_names:
+        raise HepfmInputError("validation classes differ from the training classes", val_src[0].path)
+    for s in (*train_src, *val_src):
+        fs.check_fields(_available_fields(s), s.path)
+    train_loader = make_loader(train_src, fs, data.batch_size, streaming=data.streaming, shuffle=True,
+                               seed=tcfg.seed, num_workers=tcfg.num_workers, max_particles=data.max_particles,
+                               n_jets=data.n_train, drop_last=True)
+    val_loader = make_loader(val_src, fs, data.batch_size, streaming=False, shuffle=False,
+                             max_particles=data.max_particles, n_jets=data.n_val)
+    _check_val_classes(val_loader, len(class_names), val_src[0].path)
+
+    spec = model_spec(model, fs, class_names, data.max_particles)
+    objective = build_classifier(spec)
+    out.mkdir(parents=True, exist_ok=True)
+    resolved = {"data": asdict(data), "model": asdict(model), "train": tcfg.to_dict()}
+    with atomic_path(out / "config.yaml") as tmp:
+        tmp.write_text(yaml.safe_dump(resolved, sort_keys=False))
+    write_json_atomic(out / "provenance.json", {
+        "versions": versions(), "command": command_line(), "preset": preset,
+        "data": {"train": data_provenance(train_src), "val": data_provenance(val_src)},
+        "n_parameters": sum(p.numel() for p in objective.parameters()),
+    })
+
+    def metrics_fn(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+        m = classification_metrics(logits, labels, class_names)
+        return {k: v for k, v in m.items() if isinstance(v, float)}
+
+    trainer = Trainer(objective, tcfg, out, spec, metrics_fn)
+    res = trainer.fit(train_loader, val_loader, resume=resume, progress=progress)
+    summary = asdict(res) | {"run_dir": str(out), "n_parameters": sum(p.numel() for p in objective.parameters())}
+    write_json_atomic(out / "train_summary.json", summary)
+    return summary
+
+
+def _available_fields(source: Any) -> set[str]:
+    chunk = source.read(0, min(1, len(source)))
+    return set(chunk.particles)
+
+
+# -- evaluation
+@torch.no_grad()
+def predict(model: Supervised, spec: dict[str, Any], patterns: list[str], batch_size: int = 256,
+            skip_bad: bool = False, device: str = "cpu") -> tuple[np.ndarray, np.ndarray, list[Any]]:
+    """Logits and labels of every jet in ``patterns`` with the checkpoint's own feature set."""
+    fs = FeatureSet.from_dict(spec["features"])
+    sources = open_sources(patterns, max_particles=spec["max_particles"], skip_bad=skip_bad)
+    for s in sources:
+        fs.check_fields(_available_fields(s), s.path)
+        if not s.has_labels:
+            raise HepfmInputError("evaluation needs labels, but the file has none", s.path)
+        if list(s.class_names) != spec["class_names"]:
+            raise HepfmInputError(
+                f"the file's classes {list(s.class_names)} differ from the model's {spec['class_names']}", s.path)
+    loader = make_loader(sources, fs, batch_size, streaming=True, shuffle=False, max_particles=spec["max_particles"])
+    model = model.to(device).eval()
+    logits, labels = [], []
+    for batch in loader:
+        logits.append(model.logits(batch.to(device)).float().cpu().numpy())
+        labels.append(batch.label.numpy())
+    if not logits:
+        raise HepfmInputError("the test data is empty", sources[0].path)
+    return np.concatenate(logits), np.concatenate(labels), sources
+
+
+def evaluate(run_dir: str | Path, patterns: list[str], *, name: str | None = None, batch_size: int = 256,
+             skip_bad: bool = False, plots: bool = True) -> dict[str, Any]:
+    """Metrics (accuracy, auc, rej30, rej50, n_jets) of a run's best model on test files, plus plots."""
+    run_dir = Path(run_dir)
+    model, spec = load(run_dir)
+    logits, labels, sources = predict(model, spec, patterns, batch_size, skip_bad)
+    class_names = tuple(spec["class_names"])
+    metrics = classification_metrics(logits, labels, class_names)
+    name = name or Path(sources[0].path).stem
+    out = run_dir / "eval" / name
+    metrics |= {"checkpoint_step": spec.get("step"), "data": data_provenance(sources)}
+    write_json_atomic(out / "metrics.json", metrics)
+    if plots:
+        from hepfm.evaluation.plots import roc_plot, score_histogram
+
+        probs = softmax(logits)
+        if len(class_names) == 2:
+            curves = {f"{class_names[1]} vs {class_names[0]}": (probs[:, 1], labels == 1)}
+            score_histogram(out / "scores.png", probs[:, 1], labels, class_names, f"p({class_names[1]})")
+        else:
+            curves = {f"{c} vs rest": (probs[:, i], labels == i) for i, c in enumerate(class_names)
+                      if 0 < (labels == i).sum() < len(labels)}
+            score_histogram(out / "scores.png", probs.max(1), labels, class_names, "max class probability")
+        roc_plot(out / "roc.png", curves, title=f"{spec['backbone']['name']} on {name}")
+    return metrics | {"out": str(out)}
