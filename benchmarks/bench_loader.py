@@ -1,0 +1,192 @@
+"""Loader throughput: jets/s from disk into padded ``kin`` batches, one core, for each on-disk format.
+
+Writes synthetic jets (Poisson(50) constituents, pT-ordered, |eta| < 2) in every format with
+``hepfm.data.formats.write_jets``, opens them with ``open_sources`` and measures, with
+``torch.set_num_threads(1)`` and ``num_workers=0``:
+
+* ``read``: the reader alone (``src.read`` in blocks of ``--chunk`` jets), i.e. the I/O + decoding cost;
+* ``stream``: :class:`~hepfm.data.loader.StreamingJetDataset` (shuffled, buffer 65536) to batches
+  of 512, ParT's ``max_particles=128``;
+* ``stream/novalid``: the same with the readers' per-chunk validation off (``validate=False``);
+* ``in-memory``: :class:`~hepfm.data.loader.JetDataset` build (read + features) and one shuffled
+  epoch of batches, reported as jets / (build + epoch) seconds.
+
+A last row, ``memory``, streams the same jets from an in-memory ``ArraySource`` (no I/O): the cost
+of the loader itself. Every write and every measurement runs in its own forked process, so each
+peak RSS printed is that of one run: streaming (bounded by the shuffle buffer, ~buffer + chunk
+jets) or in-memory (holds the whole file's features).
+
+Goal: >= 100k jets/s per core for ``kin``. Usage::
+
+    python benchmarks/bench_loader.py [--n-jets 200000] [--formats hepfm toptag-h5 jetclass-root]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hepfm.data.formats import ArraySource, open_sources, write_jets
+from hepfm.data.jets import JETCLASS_CLASSES, PID_FLAGS, TOPTAG_CLASSES, JetChunk
+from hepfm.data.loader import JetDataset, make_loader
+
+CLASSES = {"hepfm": JETCLASS_CLASSES, "toptag-h5": TOPTAG_CLASSES, "jetclass-root": JETCLASS_CLASSES}
+SLOTS = {"hepfm": 128, "toptag-h5": 200, "jetclass-root": 128}
+
+
+def synthetic(n: int, n_slots: int, classes: tuple[str, ...], seed: int) -> JetChunk:
+    """n jets with Poisson(50) pT-ordered massless constituents around a random axis."""
+    rng = np.random.default_rng(seed)
+    counts = np.clip(rng.poisson(50, n), 1, n_slots)
+    mask = np.arange(n_slots)[None] < counts[:, None]
+    pt = -np.sort(-(rng.exponential(10.0, (n, n_slots)) + 0.5), axis=1)
+    eta = rng.uniform(-2, 2, (n, 1)) + rng.normal(0, 0.2, (n, n_slots))
+    phi = rng.uniform(-np.pi, np.pi, (n, 1)) + rng.normal(0, 0.2, (n, n_slots))
+    p4 = np.stack([pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta), pt * np.cosh(eta)], -1)
+    p4[~mask] = 0
+    charge = np.where(mask, rng.integers(-1, 2, (n, n_slots)), 0).astype(np.float32)
+    flag = rng.integers(0, len(PID_FLAGS), (n, n_slots))
+    particles = {f: ((flag == i) & mask).astype(np.float32) for i, f in enumerate(PID_FLAGS)}
+    particles["charge"] = charge
+    return JetChunk(p4=p4.astype(np.float32), mask=mask, label=rng.integers(0, len(classes), n),
+                    class_names=classes, particles=particles)
+
+
+def write(fmt: str, path: Path, n: int, block: int = 50_000) -> None:
+    chunks = (synthetic(min(block, n - a), SLOTS[fmt], CLASSES[fmt], seed=a) for a in range(0, n, block))
+    write_jets(path, chunks, fmt, {"generator": "bench_loader synthetic"})
+
+
+def rate(fn, repeat: int) -> float:
+    """Best jets per CPU-second of this process over ``repeat`` runs of ``fn() -> jets``.
+
+    CPU time, not wall time: the work is single-threaded, so this is the per-core rate, and it
+    does not drop when other processes share the machine.
+    """
+    best = 0.0
+    for _ in range(repeat):
+        t = time.process_time()
+        n = fn()
+        best = max(best, n / max(time.process_time() - t, 1e-9))
+    return best
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bench_streaming(srcs: list, reopen, args: argparse.Namespace) -> dict[str, float]:  # noqa: ANN001
+    """``srcs``: opened sources; ``reopen()``: the same sources without validation (or None)."""
+
+    def read() -> int:
+        step = args.chunk
+        return sum(len(s.read(a, min(a + step, len(s)))) for s in srcs for a in range(0, len(s), step))
+
+    def stream(sources) -> int:  # noqa: ANN001
+        loader = make_loader(sources, "kin", 512, streaming=True, max_particles=128, chunk_size=args.chunk)
+        return sum(len(b) for b in loader)
+
+    out = {"read": rate(read, args.repeat), "stream": rate(lambda: stream(srcs), args.repeat)}
+    out["stream/novalid"] = rate(lambda: stream(reopen()), args.repeat) if reopen else float("nan")
+    return out
+
+
+def bench_in_memory(srcs: list) -> float:
+    def in_memory() -> int:
+        ds = JetDataset(srcs, "kin", max_particles=128)
+        return sum(len(b) for b in make_loader(ds, batch_size=512))
+
+    return rate(in_memory, 1)
+
+
+def in_child(fn, *args):  # noqa: ANN001, ANN201
+    """Run ``fn(*args)`` in a forked child; returns (its result, its peak RSS in MB)."""
+    ctx = multiprocessing.get_context("fork")
+    recv, send = ctx.Pipe(duplex=False)
+
+    def target() -> None:
+        out = fn(*args)
+        send.send((out, peak_rss_mb()))
+
+    proc = ctx.Process(target=target)
+    proc.start()
+    result = recv.recv()
+    proc.join()
+    if proc.exitcode != 0:
+        raise SystemExit(f"benchmark child failed (exit code {proc.exitcode})")
+    return result
+
+
+def write_all(paths: dict[str, Path], n: int) -> dict[str, float]:
+    """Write every file in a child process (the writers' memory must not count); returns seconds."""
+    took = {}
+    for fmt, path in paths.items():
+        t = time.perf_counter()
+        in_child(write, fmt, path, n)
+        took[fmt] = time.perf_counter() - t
+    return took
+
+
+def memory_row(args: argparse.Namespace) -> dict[str, float]:
+    block = 20_000  # the reference jets, built in blocks to keep the generator's temporaries small
+    mem = ArraySource(JetChunk.concat([synthetic(min(block, args.n_jets - a), 128, JETCLASS_CLASSES, a)
+                                       for a in range(0, args.n_jets, block)]))
+    out = bench_streaming([mem], None, args)
+    out["read"] = float("nan")
+    out["in-memory"] = bench_in_memory([mem])
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n-jets", type=int, default=200_000)
+    ap.add_argument("--formats", nargs="+", default=["hepfm", "toptag-h5", "jetclass-root"])
+    ap.add_argument("--chunk", type=int, default=8192, help="jets per read (the streaming unit)")
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--dir", type=Path, default=None, help="where to write the files (default: a temp dir)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    base = peak_rss_mb()
+
+    results: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = args.dir or Path(tmp)
+        paths = {f: root / f"bench_{f}.{'root' if f == 'jetclass-root' else 'h5'}" for f in args.formats}
+        wrote = write_all(paths, args.n_jets)
+        sizes = {f: p.stat().st_size / 2**20 for f, p in paths.items()}
+        for fmt, path in paths.items():
+            name = [str(path)]
+            results[fmt], rss = in_child(
+                lambda n=name: bench_streaming(open_sources(n), lambda: open_sources(n, validate=False), args)
+            )
+            results[fmt]["rss stream"] = rss
+            results[fmt]["in-memory"], results[fmt]["rss in-memory"] = in_child(
+                lambda n=name: bench_in_memory(open_sources(n))
+            )
+            print(f"  {fmt}: done", file=sys.stderr, flush=True)
+        results["memory"], rss = in_child(memory_row, args)
+        results["memory"]["rss stream"] = results["memory"]["rss in-memory"] = rss
+
+    print(f"\nkin batches of 512, max_particles=128, {args.n_jets:,} jets/file, 1 thread, num_workers=0; "
+          "jets per CPU-second; peak RSS of a fresh process per run (MB)")
+    print(f"{'format':<14} {'MB':>7} {'write s':>8} {'read':>10} {'stream':>10} {'stream/noval':>13} "
+          f"{'in-memory':>10} {'RSS stream':>11} {'RSS in-mem':>11}")
+    for fmt, r in results.items():
+        mb, w = (f"{sizes[fmt]:7.1f}", f"{wrote[fmt]:8.1f}") if fmt in sizes else (f"{'-':>7}", f"{'-':>8}")
+        print(f"{fmt:<14} {mb} {w} {r['read']:10,.0f} {r['stream']:10,.0f} {r['stream/novalid']:13,.0f} "
+              f"{r['in-memory']:10,.0f} {r['rss stream']:11.0f} {r['rss in-memory']:11.0f}")
+    print(f"(the bare process after imports: {base:.0f} MB; the memory row's RSS includes its "
+          f"{args.n_jets:,}-jet source)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
