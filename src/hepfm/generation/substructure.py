@@ -31,7 +31,9 @@ def _substructure(p4: np.ndarray, mask: np.ndarray, radius: float) -> dict[str, 
         p4: (n, N, 4) px, py, pz, E; mask: (n, N). Returns (n,) float32 arrays.
     """
     import awkward as ak
-    import fastjet
+    from hepfm.fastjet_quiet import quiet_fastjet
+
+    fastjet = quiet_fastjet()
 
     n = len(p4)
     counts = mask.sum(1)

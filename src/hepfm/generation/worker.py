@@ -75,7 +75,9 @@ class ShardGenerator:
     """Holds one configured Pythia instance and turns event batches into selected jets."""
 
     def __init__(self, task: ShardTask) -> None:
-        import fastjet
+        from hepfm.fastjet_quiet import quiet_fastjet
+
+        fastjet = quiet_fastjet()
         import pythia8mc
 
         self.task = task
@@ -119,7 +121,9 @@ class ShardGenerator:
     # -- one batch of events
     def _batch(self) -> list[dict]:
         import awkward as ak
-        import fastjet
+        from hepfm.fastjet_quiet import quiet_fastjet
+
+        fastjet = quiet_fastjet()
 
         evs = self.pythia.nextBatch(self.task.batch_events)
         prt = evs.prt

@@ -1,0 +1,436 @@
+"""J-JEPA: predict the representations of hidden subjets from the rest of the jet (``jepa``).
+
+Katel, Li, Zhao, Kansal, Mokhtar, Duarte, "Learning Symmetry-Independent Jet Representations via Jet
+Joint Embedding Predictive Architecture", arXiv:2412.05333 (seed 001, the group's talk), after I-JEPA
+(Assran et al., arXiv:2301.08243). It learns without augmentations ("augmentation free to minimize
+bias") by predicting in representation space, not input space.
+
+How it maps onto hepfm's particle-level backbones (J-JEPA's own encoder works on subjet tokens):
+
+1. **Subjets.** Each jet's constituents are clustered into anti-kT R = 0.2 subjets (talk: "cluster
+   subjets with radius 0.2"), pT-ordered, the leading ``max_subjets`` = 20 kept (their code's
+   ``num_subjets``); particles of softer subjets stay visible context but are never targets.
+   One vectorised FastJet call per batch on the CPU (:mod:`hepfm.data.subjets`).
+2. **Context / target split.** Per jet, ``round(target_fraction * n)`` (their ``trgt_ratio`` = 0.3,
+   i.e. ``context_scale`` = 0.7) or ``n_targets`` of its n subjets are drawn at random, at least one
+   and at most n - 1. Only real subjets can be targets: the talk found padded targets to cause
+   collapse. Randomness uses torch's global RNG (the engine seeds it per step); validation uses a
+   fixed generator so validation losses are comparable between evaluations.
+3. **Context encoder** = the backbone on the jet *without* the target particles: they are gathered
+   out of the batch (not merely masked), so no backbone, ParT's pair features included, can see them.
+   Its particle tokens are pooled per context subjet by the **subjet embedding layer** (SEL:
+   ``mlp`` = mean + MLP, or ``attention`` = a learned query attending to the subjet's particles;
+   the talk found attention better). The particles' features stay those of the full jet (Δη, Δφ to
+   its axis, pT fractions): the same frame as the target coordinates the predictor is given anyway.
+4. **Target encoder** = an EMA copy of (backbone + SEL), no gradients, dropout off, applied to the
+   full jet; its SEL output per target subjet, layer-normalised without affine parameters (I-JEPA),
+   is the regression target.
+5. **Predictor**: a narrow transformer (bottleneck ``predictor_dim``, default half the subjet width,
+   as their 512-of-1024 predictor) over [context jet embedding, context subjet tokens + their
+   coordinates, one mask-token query per target + the target's coordinates (Δη, Δφ to the jet axis,
+   log pT fraction)]. Coordinates reach both sides, the variant the talk found best.
+   Loss: MSE (their code) or smooth L1 (I-JEPA) between predictions and targets.
+
+Collapse guards from the talk: targets only from non-empty subjets, attention SEL, a small predictor
+width, normalised inputs (hepfm's standardised features) and the EMA target (momentum 0.996 -> 1,
+cosine, in ``on_step_end``). Diagnostics logged every step: ``cos_sim``, the mean pairwise cosine
+similarity of the context encoder's jet embeddings within the batch (the talk's check, 0.457 after
+their pretraining; 1 = collapsed), and ``pred_std`` / ``target_std``, the per-dimension standard
+deviations of predictions and targets over the batch's target subjets (0 = collapsed).
+
+Jets with fewer than 2 subjets cannot be split: they are dropped from the batch and counted in the
+``unusable_jets`` log; a batch with no usable jet raises :class:`~hepfm.errors.HepfmInputError`.
+
+Exported backbone: the EMA **target** encoder by default (``export: target``): the talk finetunes
+"the target encoder" and I-JEPA evaluates it; it has seen whole jets during pretraining, as it will
+when finetuned. ``export: context`` gives the context encoder instead. The jet embedding enters the
+predictor so that the backbone's own pooling (ParT's class-attention blocks) is trained too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hepfm.contracts import BackboneOutput, ParticleBatch
+from hepfm.data.subjets import ALGORITHMS, Subjets, find_subjets
+from hepfm.errors import HepfmInputError
+from hepfm.nn.attention import MultiheadAttention
+from hepfm.nn.backbone import Backbone
+from hepfm.nn.blocks import NormFormerBlock
+from hepfm.objectives.base import Objective, ObjectiveOutput, jet_embedding
+from hepfm.objectives.ema import MOMENTUM_SCHEDULES, ema_update_, make_target, momentum_at
+from hepfm.objectives.registry import OBJECTIVES, BackboneFactory
+
+SUBJET_EMBEDDINGS = ("mlp", "attention")
+LOSSES = ("mse", "smooth_l1")
+
+
+@dataclass
+class JEPAOptions:
+    """Options of the ``jepa`` objective (the ``objective.options`` section of a config).
+
+    Attributes:
+        target_fraction: fraction of a jet's subjets that become targets (their ``trgt_ratio``).
+        n_targets: a fixed number of targets per jet instead (None: use ``target_fraction``).
+        subjet_radius, subjet_algorithm: the subjet clustering (anti-kT R = 0.2 as in J-JEPA).
+        max_subjets: leading-pT subjets kept per jet (J-JEPA: 20).
+        subjet_embedding: ``attention`` or ``mlp`` subjet embedding layer.
+        subjet_dim: width of subjet representations (None: the backbone's token width).
+        predictor_depth, predictor_dim, predictor_heads: the predictor transformer; ``predictor_dim``
+            None = half of ``subjet_dim`` (the bottleneck, a collapse guard).
+        ema_start, ema_end, ema_schedule: target-encoder momentum over training.
+        loss: ``mse`` (J-JEPA) or ``smooth_l1`` (I-JEPA).
+        export: which encoder finetuning starts from, ``target`` (EMA) or ``context``.
+    """
+
+    target_fraction: float = 0.3
+    n_targets: int | None = None
+    subjet_radius: float = 0.2
+    subjet_algorithm: str = "antikt"
+    max_subjets: int = 20
+    subjet_embedding: str = "attention"
+    subjet_dim: int | None = None
+    predictor_depth: int = 2
+    predictor_dim: int | None = None
+    predictor_heads: int = 4
+    ema_start: float = 0.996
+    ema_end: float = 1.0
+    ema_schedule: str = "cosine"
+    loss: str = "mse"
+    export: str = "target"
+
+    @classmethod
+    def from_dict(cls, options: dict[str, Any]) -> JEPAOptions:
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise HepfmInputError(f"objective jepa has no option(s) {unknown} (options: {known})")
+        opts = cls(**options)
+        opts.validate()
+        return opts
+
+    def validate(self) -> None:
+        """Raise :class:`HepfmInputError` naming the first bad option."""
+        checks = (
+            (0.0 < self.target_fraction < 1.0, "target_fraction must be in (0, 1)"),
+            (self.n_targets is None or self.n_targets >= 1, "n_targets must be >= 1"),
+            (self.subjet_radius > 0, "subjet_radius must be positive"),
+            (self.subjet_algorithm in ALGORITHMS, f"subjet_algorithm must be one of {list(ALGORITHMS)}"),
+            (self.max_subjets >= 2, "max_subjets must be >= 2 (a context and a target)"),
+            (self.subjet_embedding in SUBJET_EMBEDDINGS,
+             f"subjet_embedding must be one of {SUBJET_EMBEDDINGS}"),
+            (self.predictor_depth >= 1 and self.predictor_heads >= 1, "predictor_depth/heads must be >= 1"),
+            (self.predictor_dim is None or self.predictor_dim % self.predictor_heads == 0,
+             "predictor_dim must be a multiple of predictor_heads"),
+            (self.subjet_dim is None or self.subjet_dim >= 1, "subjet_dim must be >= 1"),
+            (0.0 <= self.ema_start <= self.ema_end <= 1.0, "need 0 <= ema_start <= ema_end <= 1"),
+            (self.ema_schedule in MOMENTUM_SCHEDULES, f"ema_schedule must be one of {MOMENTUM_SCHEDULES}"),
+            (self.loss in LOSSES, f"loss must be one of {LOSSES}"),
+            (self.export in ("target", "context"), "export must be 'target' or 'context'"),
+        )
+        for ok, problem in checks:
+            if not ok:
+                raise HepfmInputError(f"objective jepa: {problem}")
+
+
+# --- subjet embedding layers ----------------------------------------------------------------------
+
+def _membership(index: torch.Tensor, n_subjets: int) -> torch.Tensor:
+    """(B, S, N) bool: particle n belongs to subjet s. Shape: index (B, N) int, -1 = none."""
+    subjet_ids = torch.arange(n_subjets, device=index.device)
+    return index.unsqueeze(1) == subjet_ids[None, :, None]
+
+
+def _sel_mlp(dim: int, out_dim: int) -> nn.Sequential:
+    return nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
+
+
+class MeanMLPEmbedding(nn.Module):
+    """SEL ``mlp``: mean of the subjet's particle tokens, then ``LayerNorm -> Linear -> GELU -> Linear``."""
+
+    def __init__(self, dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.mlp = _sel_mlp(dim, out_dim)
+
+    def forward(self, tokens: torch.Tensor, index: torch.Tensor, n_subjets: int) -> torch.Tensor:
+        """Shape: tokens (B, N, D), index (B, N) -> (B, S, out_dim)."""
+        member = _membership(index, n_subjets).to(tokens.dtype)  # (B, S, N)
+        mean = member @ tokens / member.sum(-1, keepdim=True).clamp(min=1.0)  # (B, S, D)
+        return self.mlp(mean)
+
+
+class AttentionEmbedding(nn.Module):
+    """SEL ``attention``: a learned query attends to the (normalised) tokens of its subjet's particles.
+
+    J-JEPA's attention-based SEL gave clearly better finetuned taggers than the MLP one (talk, results 3).
+    """
+
+    def __init__(self, dim: int, out_dim: int, num_heads: int = 4) -> None:
+        super().__init__()
+        heads = num_heads if dim % num_heads == 0 else 1
+        self.query = nn.Parameter(torch.zeros(1, 1, dim))
+        nn.init.trunc_normal_(self.query, std=0.02)
+        self.norm = nn.LayerNorm(dim)
+        self.attn = MultiheadAttention(dim, heads)
+        self.mlp = _sel_mlp(dim, out_dim)
+
+    def no_weight_decay(self) -> set[str]:
+        return {"query"}
+
+    def forward(self, tokens: torch.Tensor, index: torch.Tensor, n_subjets: int) -> torch.Tensor:
+        """Shape: tokens (B, N, D), index (B, N) -> (B, S, out_dim)."""
+        member = _membership(index, n_subjets)  # (B, S, N)
+        empty = ~member.any(-1, keepdim=True)  # (B, S, 1): let empty rows attend anywhere (finite)
+        bias = torch.zeros(member.shape, dtype=tokens.dtype, device=tokens.device)
+        bias = bias.masked_fill(~(member | empty), float("-inf")).unsqueeze(1)  # (B, 1, S, N)
+        query = self.query.expand(tokens.shape[0], n_subjets, -1)  # (B, S, D)
+        pooled = query + self.attn(query, context=self.norm(tokens), attn_bias=bias)  # (B, S, D)
+        return self.mlp(pooled).masked_fill(empty, 0.0)
+
+
+def make_subjet_embedding(kind: str, dim: int, out_dim: int) -> nn.Module:
+    return AttentionEmbedding(dim, out_dim) if kind == "attention" else MeanMLPEmbedding(dim, out_dim)
+
+
+class SubjetEncoder(nn.Module):
+    """Backbone + subjet embedding layer: the encoder that J-JEPA's context and target share."""
+
+    def __init__(self, backbone: Backbone, sel: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.sel = sel
+
+    def forward(self, batch: ParticleBatch, index: torch.Tensor, n_subjets: int
+                ) -> tuple[BackboneOutput, torch.Tensor]:
+        """Shape: index (B, N) subjet per particle -> (backbone output, subjet tokens (B, S, Ds))."""
+        out = self.backbone(batch)
+        return out, self.sel(out.tokens, index, n_subjets)
+
+
+# --- predictor ------------------------------------------------------------------------------------
+
+class Predictor(nn.Module):
+    """A narrow transformer that predicts target-subjet representations from the context.
+
+    Tokens: [jet embedding, context subjets + coordinates, mask token + target coordinates], the
+    I-JEPA predictor layout with J-JEPA's subjet coordinates as positions.
+    """
+
+    def __init__(self, jet_dim: int, subjet_dim: int, width: int, depth: int, num_heads: int) -> None:
+        super().__init__()
+        self.jet_proj = nn.Linear(jet_dim, width)
+        self.context_proj = nn.Linear(subjet_dim, width)
+        self.coord_embed = nn.Sequential(nn.Linear(3, width), nn.GELU(), nn.Linear(width, width))
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
+        no_drop = {"dropout": 0.0, "attn_dropout": 0.0, "activation_dropout": 0.0}
+        self.blocks = nn.ModuleList(NormFormerBlock(width, num_heads, **no_drop) for _ in range(depth))
+        self.norm = nn.LayerNorm(width)
+        self.out = nn.Linear(width, subjet_dim)
+
+    def no_weight_decay(self) -> set[str]:
+        return {"mask_token"}
+
+    def forward(self, jet: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor,
+                coords: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
+        """Shape: jet (B, Dj); context (B, S, Ds); masks (B, S); coords (B, S, 3) -> (B, S, Ds).
+
+        Row s of the output is the prediction for subjet s (meaningful where ``target_mask``).
+        """
+        b, s, _ = context.shape
+        pos = self.coord_embed(coords.to(context.dtype))  # (B, S, W)
+        tokens = torch.cat((self.jet_proj(jet).unsqueeze(1), self.context_proj(context) + pos,
+                            self.mask_token.expand(b, s, -1) + pos), dim=1)  # (B, 1 + 2S, W)
+        keys = torch.cat((context_mask.new_ones(b, 1), context_mask, target_mask), dim=1)  # (B, 1 + 2S)
+        for blk in self.blocks:
+            tokens = blk(tokens, keys)
+        return self.out(self.norm(tokens[:, 1 + s:]))
+
+
+# --- helpers --------------------------------------------------------------------------------------
+
+def mean_pairwise_cosine(z: torch.Tensor) -> torch.Tensor:
+    """Mean cosine similarity over pairs of distinct rows (the talk's collapse check; 1 = collapsed).
+
+    Shape: z (B, D) -> (). One row gives 1.
+    """
+    b = z.shape[0]
+    if b < 2:
+        return z.new_ones(())
+    zn = F.normalize(z.float(), dim=1)
+    gram = zn @ zn.T  # (B, B)
+    return (gram.sum() - gram.diagonal().sum()) / (b * (b - 1))
+
+
+def take_jets(batch: ParticleBatch, keep: torch.Tensor) -> ParticleBatch:
+    """The jets of ``batch`` selected by ``keep`` ((B,) bool)."""
+    return ParticleBatch(batch.x[keep], batch.mask[keep], batch.p4[keep],
+                         None if batch.jet is None else batch.jet[keep],
+                         None if batch.label is None else batch.label[keep])
+
+
+def without_particles(batch: ParticleBatch, visible: torch.Tensor, index: torch.Tensor
+                      ) -> tuple[ParticleBatch, torch.Tensor]:
+    """The batch with only ``visible`` particles, gathered to the front; hidden ones are gone.
+
+    Gathering (rather than masking) guarantees that no backbone reads the hidden particles, and lets
+    the backbone trim the freed slots. Shape: visible (B, N) bool, index (B, N) -> index (B, N).
+    """
+    order = torch.argsort((~visible).to(torch.int8), dim=1, stable=True)  # (B, N): visible first
+    vis = torch.gather(visible, 1, order)
+
+    def gather(t: torch.Tensor) -> torch.Tensor:  # (B, N, F) -> (B, N, F), zero at hidden slots
+        return torch.gather(t, 1, order.unsqueeze(-1).expand_as(t)).masked_fill(~vis.unsqueeze(-1), 0.0)
+
+    ctx = ParticleBatch(gather(batch.x), vis, gather(batch.p4), batch.jet, None)
+    return ctx, torch.gather(index, 1, order).masked_fill(~vis, -1)
+
+
+class JEPA(Objective):
+    """J-JEPA on a hepfm backbone (module docstring for the design).
+
+    Example:
+        >>> obj = create_objective("jepa", lambda: create_backbone("part-small", 7), FEATURE_SETS.get("kin"))
+        >>> out = obj(batch)  # out.loss, out.logs["cos_sim"], ...
+        >>> obj.on_step_end(step, total_steps)  # EMA update of the target encoder
+    """
+
+    name = "jepa"
+
+    def __init__(self, backbone: Backbone, target_backbone: Backbone | None = None,
+                 options: JEPAOptions | None = None) -> None:
+        super().__init__()
+        opts = options or JEPAOptions()
+        opts.validate()
+        self.options = opts
+        dim = backbone.embed_dim
+        sub_dim = opts.subjet_dim or dim
+        half = (sub_dim // 2) // opts.predictor_heads * opts.predictor_heads  # bottleneck, multiple of heads
+        width = opts.predictor_dim or max(opts.predictor_heads, half)
+        self.context = SubjetEncoder(backbone, make_subjet_embedding(opts.subjet_embedding, dim, sub_dim))
+        factory = None if target_backbone is None else (
+            lambda: SubjetEncoder(target_backbone,
+                                  make_subjet_embedding(opts.subjet_embedding, dim, sub_dim)))
+        self.target = make_target(self.context, factory)  # EMA copy of backbone + SEL
+        self.predictor = Predictor(backbone.pooled_dim or dim, sub_dim, width, opts.predictor_depth,
+                                   opts.predictor_heads)
+
+    @property
+    def backbone(self) -> Backbone:
+        """The context encoder's backbone (the one that receives gradients)."""
+        return self.context.backbone
+
+    # -- the steps of forward, public so that tests and notebooks can inspect them
+    def find_subjets(self, batch: ParticleBatch) -> Subjets:
+        o = self.options
+        return find_subjets(batch.p4, batch.mask, o.subjet_radius, o.max_subjets, o.subjet_algorithm)
+
+    def sample_targets(self, subjet_mask: torch.Tensor,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B, S) bool target subjets: k random real subjets per jet, 1 <= k <= n - 1.
+
+        Shape: subjet_mask (B, S) bool with n = subjet_mask.sum(1) >= 2 for every jet.
+        """
+        n = subjet_mask.sum(1)  # (B,)
+        if self.options.n_targets is not None:
+            k = torch.full_like(n, self.options.n_targets)
+        else:
+            k = torch.round(n.float() * self.options.target_fraction).long()
+        k = torch.minimum(k.clamp(min=1), n - 1)
+        scores = torch.rand(subjet_mask.shape, generator=generator, device=subjet_mask.device)
+        rank = scores.masked_fill(~subjet_mask, 2.0).argsort(1).argsort(1)  # (B, S), real subjets first
+        return (rank < k.unsqueeze(1)) & subjet_mask
+
+    def encode_context(self, batch: ParticleBatch, subjets: Subjets, targets: torch.Tensor
+                       ) -> tuple[BackboneOutput, torch.Tensor]:
+        """Context encoder on the jet minus its target subjets' particles.
+
+        Shape: targets (B, S) bool -> (backbone output on the visible particles, subjet tokens (B, S, Ds)).
+        """
+        idx = subjets.index
+        hidden = torch.gather(targets, 1, idx.clamp(min=0)) & (idx >= 0)  # (B, N) particle in a target
+        ctx, ctx_index = without_particles(batch, batch.mask & ~hidden, idx)
+        return self.context(ctx, ctx_index, subjets.max_subjets)
+
+    @torch.no_grad()
+    def encode_targets(self, batch: ParticleBatch, subjets: Subjets) -> torch.Tensor:
+        """(B, S, Ds) layer-normalised target-encoder representations of every subjet of the full jet."""
+        _, reps = self.target(batch, subjets.index, subjets.max_subjets)
+        return F.layer_norm(reps.float(), reps.shape[-1:])
+
+    def _usable(self, batch: ParticleBatch, subjets: Subjets) -> tuple[ParticleBatch, Subjets, int]:
+        usable = subjets.mask.sum(1) >= 2  # (B,)
+        n_bad = len(batch) - int(usable.sum())
+        if n_bad == len(batch):
+            raise HepfmInputError(
+                f"jepa needs at least 2 subjets (R={self.options.subjet_radius}) per jet to split into "
+                f"context and targets, but none of the {len(batch)} jets in this batch has more than one "
+                "(jets with too few particles?); use a different objective (e.g. mpm or jetclr) or a "
+                "smaller subjet_radius")
+        if n_bad:
+            return take_jets(batch, usable), subjets.take(usable), n_bad
+        return batch, subjets, 0
+
+    def forward(self, batch: ParticleBatch) -> ObjectiveOutput:
+        batch, subjets, n_bad = self._usable(batch, self.find_subjets(batch))
+        gen = None
+        if not self.training:  # the same splits at every evaluation: comparable validation losses
+            gen = torch.Generator(device=batch.mask.device).manual_seed(0)
+        targets = self.sample_targets(subjets.mask, gen)  # (B, S)
+        ctx_out, ctx_reps = self.encode_context(batch, subjets, targets)
+        target_reps = self.encode_targets(batch, subjets)  # (B, S, Ds)
+        jet = jet_embedding(ctx_out)
+        pred = self.predictor(jet, ctx_reps, subjets.mask & ~targets, subjets.coordinates(), targets)
+        p, t = pred[targets].float(), target_reps[targets]  # (T, Ds): all target subjets of the batch
+        loss = F.mse_loss(p, t) if self.options.loss == "mse" else F.smooth_l1_loss(p, t)
+        with torch.no_grad():
+            logs = {
+                "cos_sim": mean_pairwise_cosine(jet.detach()),
+                "pred_std": p.detach().std(0).mean() if len(p) > 1 else p.new_zeros(()),
+                "target_std": t.std(0).mean() if len(t) > 1 else t.new_zeros(()),
+                "targets_per_jet": targets.sum(1).float().mean(),
+                "unusable_jets": torch.tensor(float(n_bad), device=loss.device),
+            }
+        return ObjectiveOutput(loss, logs)
+
+    # -- the rest of the Objective contract
+    def on_step_end(self, step: int, total_steps: int) -> None:
+        """EMA update of the target encoder (momentum from ``ema_start`` to ``ema_end``)."""
+        o = self.options
+        momentum = momentum_at(step, total_steps, o.ema_start, o.ema_end, o.ema_schedule)
+        ema_update_(self.target, self.context, momentum)
+
+    def train(self, mode: bool = True) -> JEPA:
+        super().train(mode)
+        self.target.eval()  # no dropout noise in the regression targets
+        return self
+
+    def trainable_modules(self) -> list[nn.Module]:
+        return [self.context, self.predictor]
+
+    def export_backbone(self) -> Backbone:
+        """The EMA target backbone (default, as the talk and I-JEPA) or the context backbone.
+
+        The target is returned as a trainable copy (``requires_grad`` on), ready for finetuning.
+        """
+        if self.options.export == "context":
+            return self.context.backbone
+        import copy
+
+        return copy.deepcopy(self.target.backbone).requires_grad_(True).train()
+
+
+@OBJECTIVES.register("jepa")
+def build_jepa(backbone_factory: BackboneFactory, feature_set: Any, **options: Any) -> JEPA:
+    """``jepa`` from a backbone factory (called twice: context and EMA target) and its options.
+
+    ``feature_set`` is unused: J-JEPA needs no augmentations, and both encoders read the batch's features.
+    """
+    del feature_set
+    return JEPA(backbone_factory(), backbone_factory(), JEPAOptions.from_dict(options))
