@@ -174,3 +174,17 @@ def test_overrides_and_unknown_keys():
 
     with pytest.raises(HepfmInputError, match="bogus"):
         TrainConfig.from_dict({"bogus": 1})
+
+
+class AlwaysCollapsed(MeanLinear):
+    def collapsed(self, logs):
+        return f"accuracy log {logs['acc']:.2f} (test)" if "acc" in logs else None
+
+
+def test_collapse_detection_stops_with_clear_error(tmp_path):
+    ds = Blobs(256, 0)
+    c = cfg(max_steps=50, log_every=5, ckpt_every=5, collapse_patience=3)
+    with pytest.raises(TrainingDivergedError, match="representation collapse at step 15"):
+        Trainer(AlwaysCollapsed(), c, tmp_path, {"backbone": "x"}).fit(loader(ds), progress=False)
+    state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)
+    assert state["step"] == 10  # the step-15 checkpoint is not written

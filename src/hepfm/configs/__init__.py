@@ -41,3 +41,13 @@ def merge(base: dict[str, Any], delta: dict[str, Any]) -> dict[str, Any]:
     for k, v in delta.items():
         out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
+
+
+def merge_run_config(base: dict[str, Any], delta: dict[str, Any]) -> dict[str, Any]:
+    """Merge a preset with user overrides; a user-chosen backbone drops the preset's backbone options,
+    which belong to the preset's own backbone (e.g. transformer widths make no sense for ParT)."""
+    model = delta.get("model", {})
+    if "backbone" in model and model["backbone"] != base.get("model", {}).get("backbone"):
+        base = merge(base, {"model": {}})
+        base["model"] = {k: v for k, v in base["model"].items() if k != "backbone_options"}
+    return merge(base, delta)

@@ -12,7 +12,15 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from hepfm.contracts import ParticleBatch
+from hepfm.contracts import BackboneOutput, ParticleBatch
+
+
+def jet_embedding(out: BackboneOutput) -> torch.Tensor:
+    """(B, D) jet embedding: the backbone's own pooling if it has one, else the masked token mean."""
+    if out.pooled is not None:
+        return out.pooled
+    m = out.mask.unsqueeze(-1).to(out.tokens.dtype)
+    return (out.tokens * m).sum(1) / m.sum(1).clamp(min=1.0)
 
 
 @dataclass
@@ -48,6 +56,21 @@ class Objective(nn.Module):
             if mod is not self and callable(fn):
                 names |= {f"{mod_name}.{n}" if mod_name else n for n in fn()}
         return names
+
+    def collapsed(self, logs: dict[str, float]) -> str | None:
+        """A reason string if the averaged training logs show a collapsed representation, else None.
+
+        The engine stops with a clear error after ``collapse_patience`` such log intervals in a row,
+        keeping the last checkpoint written before the collapse.
+        """
+        return None
+
+    def export_backbone(self) -> nn.Module:
+        """The backbone that finetuning starts from (default: the ``backbone`` attribute)."""
+        backbone = getattr(self, "backbone", None)
+        if backbone is None:
+            raise NotImplementedError(f"{type(self).__name__} must define export_backbone()")
+        return backbone
 
     def param_groups_lr_scale(self) -> dict[str, float]:
         """Parameter-name prefix -> learning-rate multiplier (e.g. a pretrained backbone's 0.1)."""

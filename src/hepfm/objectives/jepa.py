@@ -400,6 +400,11 @@ class JEPA(Objective):
         return ObjectiveOutput(loss, logs)
 
     # -- the rest of the Objective contract
+    def collapsed(self, logs: dict[str, float]) -> str | None:
+        # identical jet embeddings for all jets: the seed's collapse signature
+        cos = logs.get("cos_sim")
+        return f"mean pairwise cosine similarity of jet embeddings is {cos:.4f}" if cos is not None and cos > 0.995 else None
+
     def on_step_end(self, step: int, total_steps: int) -> None:
         """EMA update of the target encoder (momentum from ``ema_start`` to ``ema_end``)."""
         o = self.options

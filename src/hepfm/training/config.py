@@ -46,6 +46,7 @@ class TrainConfig:
     early_stop_patience: int = 0  # evaluations without improvement; 0 disables
     monitor: str = "val_loss"  # metric that selects the best checkpoint (on validation only)
     monitor_mode: str = "min"
+    collapse_patience: int = 3  # log intervals in a row with a collapsed representation before stopping
     num_workers: int = 0
     max_particles: int = 128
     tensorboard: bool = False

@@ -84,6 +84,10 @@ class Trainer:
         self.metrics_fn = metrics_fn
         self.dist = dist_info or setup_distributed()
         self.device = resolve_device(cfg.device, self.dist)
+        if self.device.type == "cpu":
+            # Adam's second moments and small attention weights underflow into denormals, which run
+            # ~10x slower on x86 CPUs; flushing them to zero changes nothing measurable in training.
+            torch.set_flush_denormal(True)
         self.objective = objective.to(self.device)
         self.amp_dtype = self._amp_dtype()
         self.scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None
@@ -104,6 +108,7 @@ class Trainer:
         self.best: float | None = None
         self.best_step: int | None = None
         self.bad_evals = 0
+        self.collapsed_logs = 0
 
     def _amp_dtype(self) -> torch.dtype | None:
         amp = self.cfg.amp
@@ -266,6 +271,12 @@ class Trainer:
         row: dict[str, Any] = {"step": self.step, "epoch": self.epoch}
         for k, v in sums.items():
             row[f"train_{k}"] = float(v) / (n if k == "grad_norm" else n_micro)
+        reason = self.objective.collapsed({k[len("train_"):]: v for k, v in row.items() if k.startswith("train_")})
+        self.collapsed_logs = self.collapsed_logs + 1 if reason else 0
+        if reason and self.collapsed_logs >= self.cfg.collapse_patience:
+            raise TrainingDivergedError(
+                f"representation collapse at step {self.step}: {reason}; the last good checkpoint is kept in "
+                f"{self.ckpt_dir} (try a lower learning rate, a slower EMA, or stronger augmentations)")
         row["lr"] = self.optimizer.param_groups[0]["lr"]
         row["jets_per_s"] = jets * self.dist.world_size / max(dt, 1e-9)
         self.logger.log(row)

@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from hepfm import __version__
-from hepfm.configs import load_preset, merge
+from hepfm.configs import load_preset, merge_run_config
 from hepfm.data.features import FEATURE_SETS, FeatureSet
 from hepfm.data.formats import open_sources
 from hepfm.data.loader import make_loader
@@ -66,7 +66,7 @@ def _section(cls: type, d: dict[str, Any], name: str) -> Any:
 
 
 def resolve_config(preset: str, delta: dict[str, Any]) -> tuple[DataConfig, ModelConfig, TrainConfig]:
-    d = merge(load_preset("train", preset), delta)
+    d = merge_run_config(load_preset("train", preset), delta)
     unknown = set(d) - {"data", "model", "train"}
     if unknown:
         raise HepfmInputError(f"unknown config section(s): {', '.join(sorted(unknown))} (sections: data, model, train)")

@@ -1,0 +1,87 @@
+"""Representation diagnostics for pretrained backbones.
+
+* mean pairwise cosine similarity of jet embeddings: near 1 means collapse (J-JEPA's check);
+* per-dimension standard deviation and the fraction of dead dimensions;
+* effective rank exp(H(sigma / sum sigma)) of the embedding matrix (Roy & Vetterli 2007): how many
+  directions the embeddings really use;
+* k-NN and linear-probe accuracy on a held-out half (labels needed), the standard SSL probes;
+* a 2-D t-SNE (or UMAP, if installed) map coloured by class.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def collapse_metrics(emb: np.ndarray) -> dict[str, float]:
+    z = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    n = len(z)
+    sim = z @ z.T
+    mean_cos = float((sim.sum() - np.trace(sim)) / max(n * (n - 1), 1))
+    std = emb.std(axis=0)
+    s = np.linalg.svd(emb - emb.mean(0), compute_uv=False)
+    p = s / max(s.sum(), 1e-12)
+    eff_rank = float(np.exp(-(p[p > 0] * np.log(p[p > 0])).sum()))
+    return {"mean_pairwise_cosine": mean_cos, "std_mean": float(std.mean()), "std_min": float(std.min()),
+            "dead_dim_fraction": float((std < 1e-4 * max(std.max(), 1e-12)).mean()), "effective_rank": eff_rank,
+            "dim": int(emb.shape[1]), "n_jets": int(n)}
+
+
+def probe_metrics(emb: np.ndarray, labels: np.ndarray, seed: int = 0) -> dict[str, float]:
+    """k-NN (k=10) and logistic-regression accuracy, trained on one half, scored on the other."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(seed)
+    idx = rng.permutation(len(labels))
+    tr, te = idx[: len(idx) // 2], idx[len(idx) // 2 :]
+    scaler = StandardScaler().fit(emb[tr])
+    a, b = scaler.transform(emb[tr]), scaler.transform(emb[te])
+    knn = KNeighborsClassifier(n_neighbors=min(10, len(tr))).fit(a, labels[tr])
+    lin = LogisticRegression(max_iter=2000).fit(a, labels[tr])
+    return {"knn_accuracy": float(knn.score(b, labels[te])), "linear_probe_accuracy": float(lin.score(b, labels[te]))}
+
+
+def embedding_map(path: Path, emb: np.ndarray, labels: np.ndarray | None, class_names: tuple[str, ...],
+                  method: str = "tsne", seed: int = 0) -> str:
+    """Write a 2-D map of the embeddings; returns the method used."""
+    from hepfm.evaluation.plots import _plt, _save
+
+    if method == "umap":
+        try:
+            import umap  # optional
+
+            xy = umap.UMAP(random_state=seed).fit_transform(emb)
+        except ImportError:
+            method = "tsne"
+    if method == "tsne":
+        from sklearn.manifold import TSNE
+
+        xy = TSNE(n_components=2, random_state=seed, perplexity=min(30.0, max(5.0, len(emb) / 10)),
+                  init="pca").fit_transform(emb)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    if labels is None:
+        ax.scatter(xy[:, 0], xy[:, 1], s=3, alpha=0.6)
+    else:
+        for c, name in enumerate(class_names):
+            sel = labels == c
+            if sel.any():
+                ax.scatter(xy[sel, 0], xy[sel, 1], s=3, alpha=0.6, label=name)
+        ax.legend(markerscale=4, fontsize=7)
+    ax.set_title(f"jet embeddings ({method})")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    _save(fig, path)
+    return method
+
+
+def diagnostics(emb: np.ndarray, labels: np.ndarray | None) -> dict[str, Any]:
+    out: dict[str, Any] = collapse_metrics(emb)
+    if labels is not None and len(np.unique(labels)) > 1 and len(labels) >= 20:
+        out |= probe_metrics(emb, labels)
+    return out

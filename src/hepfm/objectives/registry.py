@@ -1,0 +1,46 @@
+"""Objective registry: ``hepfm pretrain --objective NAME`` builds objectives by name.
+
+A builder takes a zero-argument backbone factory (objectives that need two encoders, e.g. an EMA
+target, call it twice), the feature set the data uses (augmentations recompute features), and the
+objective's options; it returns an :class:`~hepfm.objectives.base.Objective` whose
+``export_backbone()`` is what finetuning starts from.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+from hepfm.data.features import FeatureSet
+from hepfm.nn.backbone import Backbone
+from hepfm.objectives.base import Objective
+from hepfm.registry import Registry
+
+BackboneFactory = Callable[[], Backbone]
+ObjectiveBuilder = Callable[..., Objective]
+
+OBJECTIVES: Registry[ObjectiveBuilder] = Registry("objective")
+
+#: modules that register objectives when imported
+OBJECTIVE_MODULES = ("jetclr", "mpm", "jepa", "supervised_pretrain")
+
+
+def _import_all() -> None:
+    for mod in OBJECTIVE_MODULES:
+        try:
+            importlib.import_module(f"hepfm.objectives.{mod}")
+        except ModuleNotFoundError as err:
+            if err.name != f"hepfm.objectives.{mod}":
+                raise
+
+
+def create_objective(name: str, backbone_factory: BackboneFactory, feature_set: FeatureSet,
+                     options: dict[str, Any] | None = None) -> Objective:
+    _import_all()
+    return OBJECTIVES.get(name)(backbone_factory, feature_set, **(options or {}))
+
+
+def objective_names() -> list[str]:
+    _import_all()
+    return OBJECTIVES.names()

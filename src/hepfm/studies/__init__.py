@@ -1,0 +1,1 @@
+"""Studies: experiment grids built from the workflows (pretrain -> finetune -> evaluate), with tables."""

@@ -1,0 +1,63 @@
+"""``hepfm embed``: jet embeddings of a pretrained (or finetuned) backbone and their diagnostics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hepfm.data.features import FeatureSet
+from hepfm.data.formats import open_sources
+from hepfm.data.loader import make_loader
+from hepfm.errors import HepfmInputError
+from hepfm.evaluation.representation import diagnostics, embedding_map
+from hepfm.io import write_json_atomic
+from hepfm.models import create_backbone
+from hepfm.objectives.base import jet_embedding
+from hepfm.training import checkpoint as ckpt
+from hepfm.workflows.classify import _available_fields
+
+
+def load_backbone(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any], Path]:
+    """A backbone from a pretrain run (``backbone.safetensors``) or a classifier run (its backbone part)."""
+    path = Path(path)
+    if path.is_dir() and (path / "backbone.safetensors").exists():
+        spec, state, file = ckpt.read_weights(path / "backbone")
+    else:
+        spec, state, file = ckpt.read_weights(path)
+        prefix = "backbone."
+        if not any(k.startswith(prefix) for k in state):
+            raise HepfmInputError("no backbone weights in this checkpoint", file)
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    bb = spec["backbone"]
+    model = create_backbone(bb["name"], bb["in_features"], **bb.get("options", {}))
+    ckpt.load_state_into(model, state, file)
+    return model.eval(), spec, file
+
+
+@torch.no_grad()
+def embed(run: str | Path, patterns: list[str], *, n_jets: int = 2000, name: str | None = None,
+          method: str = "tsne", plot: bool = True) -> dict[str, Any]:
+    model, spec, file = load_backbone(run)
+    fs = FeatureSet.from_dict(spec["features"])
+    sources = open_sources(patterns, max_particles=spec["max_particles"])
+    for s in sources:
+        fs.check_fields(_available_fields(s), s.path)
+    loader = make_loader(sources, fs, 256, shuffle=False, max_particles=spec["max_particles"], n_jets=n_jets)
+    embs, labels = [], []
+    for batch in loader:
+        embs.append(jet_embedding(model(batch)).float().numpy())
+        if batch.label is not None:
+            labels.append(batch.label.numpy())
+    emb = np.concatenate(embs)
+    y = np.concatenate(labels) if labels else None
+    result = diagnostics(emb, y)
+    out = Path(run) if Path(run).is_dir() else Path(run).parent
+    out = out / "embed" / (name or Path(sources[0].path).stem)
+    if plot:
+        result["map_method"] = embedding_map(out / "embedding.png", emb, y, tuple(sources[0].class_names), method)
+    result["checkpoint"] = str(file)
+    write_json_atomic(out / "diagnostics.json", result)
+    return result | {"out": str(out)}
