@@ -45,6 +45,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     from hepfm.data.inspect import CHUNK_SIZE, inspect_files, render_text
+    from hepfm.io import json_default
 
     summary = inspect_files(
         args.files,
@@ -54,20 +55,8 @@ def run(args: argparse.Namespace) -> int:
         format=args.format,
     )
     if args.json:
-        json.dump(summary, sys.stdout, indent=2, default=_json_default)
+        json.dump(summary, sys.stdout, indent=2, default=json_default)
         sys.stdout.write("\n")
     else:
         print(render_text(summary))
     return 0
-
-
-def _json_default(obj: object) -> object:
-    import numpy as np
-
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.floating):
-        return float(obj)
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    return str(obj)

@@ -53,7 +53,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from hepfm.data.jets import PID_FLAGS, JetChunk
+from hepfm.data.jets import PID_FLAGS, JetChunk, kinematics
 from hepfm.errors import HepfmInputError
 from hepfm.registry import Registry
 
@@ -129,13 +129,7 @@ def flat_jet_kinematics(p: np.ndarray, counts: np.ndarray) -> dict[str, np.ndarr
     if nonempty.any():
         starts = np.cumsum(counts) - counts
         sums[nonempty] = np.add.reduceat(p, starts[nonempty], axis=0, dtype=np.float64)
-    px, py, pz, e = sums.T
-    pt = np.hypot(px, py)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        eta = np.arcsinh(np.where(pt > 0, pz / pt, 0.0))
-    phi = np.arctan2(py, px)
-    mass = np.sqrt(np.clip(e**2 - px**2 - py**2 - pz**2, 0.0, None))
-    return {"pt": pt, "eta": eta, "phi": phi, "energy": e, "mass": mass}
+    return kinematics(sums)
 
 
 _PI = np.float32(np.pi)

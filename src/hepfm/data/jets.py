@@ -103,13 +103,7 @@ class JetChunk:
 
     def jet_kinematics(self) -> dict[str, np.ndarray]:
         """Jet pt, eta, phi, energy, mass (float64) from the stored particles."""
-        px, py, pz, e = self.jet_p4().T
-        pt = np.hypot(px, py)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            eta = np.arcsinh(np.where(pt > 0, pz / pt, 0.0))
-        phi = np.arctan2(py, px)
-        mass = np.sqrt(np.clip(e**2 - px**2 - py**2 - pz**2, 0.0, None))
-        return {"pt": pt, "eta": eta, "phi": phi, "energy": e, "mass": mass}
+        return kinematics(self.jet_p4())
 
     @staticmethod
     def concat(chunks: list[JetChunk]) -> JetChunk:
@@ -149,3 +143,14 @@ def pt_eta_phi(p4: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     eta = np.where(pt > 0, np.arcsinh(pz / safe), 0.0)
     phi = np.arctan2(py, px)
     return pt, eta, phi
+
+
+def kinematics(p4: np.ndarray) -> dict[str, np.ndarray]:
+    """pt, eta, phi, energy, mass of (n, 4) four-vectors (px, py, pz, E); zero-pT safe."""
+    px, py, pz, e = p4.T
+    pt = np.hypot(px, py)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        eta = np.arcsinh(np.where(pt > 0, pz / pt, 0.0))
+    phi = np.arctan2(py, px)
+    mass = np.sqrt(np.clip(e**2 - px**2 - py**2 - pz**2, 0.0, None))
+    return {"pt": pt, "eta": eta, "phi": phi, "energy": e, "mass": mass}
