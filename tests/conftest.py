@@ -7,6 +7,14 @@ from pathlib import Path
 import pytest
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # One intra-op thread: the test models are tiny, and on a shared 2-core machine a second OpenMP
+    # thread spin-waits against other processes (measured: up to 7x slower steps).
+    import torch
+
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def toptag_files(tmp_path_factory) -> dict[str, Path]:
     """Top-Tagging-like train/val/test files (1600/400/400 jets, truth level), as the CLI writes them."""

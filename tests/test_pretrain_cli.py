@@ -122,3 +122,24 @@ def test_jepa_on_jets_without_subjets(tmp_path, capsys):
     msg = _one_line(capsys, main(["pretrain", "--objective", "jepa", "--data", str(path), "--out", str(tmp_path / "j"),
                                   "--steps", "2", "--batch-size", "16", "--backbone", "part-small", "--no-progress"]))
     assert "subjet" in msg
+
+
+def test_fewshot_study_table_and_resume(pretrained, toptag_files, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "study"
+    shutil.copytree(pretrained["jetclr"], out / "pretrain" / "jetclr")  # reuse: the study skips pretraining
+    f = toptag_files
+    args = ["study", "fewshot", "--pretrain-data", str(f["train"]), "--train", str(f["train"]), "--val", str(f["val"]),
+            "--test", str(f["test"]), "--out", str(out), "--objectives", "jetclr", "--modes", "finetune,scratch",
+            "--n-labels", "40", "--seeds", "1,2", "--finetune-set", "train.max_steps=8",
+            "--finetune-set", "train.eval_every=4", "--finetune-set", "data.batch_size=16"]
+    assert main(args) == 0
+    result = json.loads((out / "results.json").read_text())
+    table = {(t["objective"], t["mode"]): t for t in result["table"]}
+    assert set(table) == {("jetclr", "finetune"), ("-", "scratch")}
+    assert all(t["n_seeds"] == 2 and t["n_labels"] == 40 for t in table.values())
+    assert "| 40 | jetclr | finetune | 2 |" in (out / "results.md").read_text()
+    stamp = (out / "finetune" / "jetclr" / "finetune" / "n40" / "seed1" / "best.safetensors").stat().st_mtime_ns
+    assert main(args) == 0  # finished runs are reused, not retrained
+    assert (out / "finetune" / "jetclr" / "finetune" / "n40" / "seed1" / "best.safetensors").stat().st_mtime_ns == stamp

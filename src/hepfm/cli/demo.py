@@ -18,7 +18,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--objective", default="jetclr")
     p.add_argument("--n-labels", type=int, default=200)
-    p.add_argument("--pretrain-steps", type=int, default=400)
+    p.add_argument("--backbone", default="part-small")
+    p.add_argument("--max-particles", type=int, default=32, help="hardest constituents kept per jet")
+    p.add_argument("--pretrain-steps", type=int, default=300)
     p.add_argument("--finetune-steps", type=int, default=200)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
@@ -28,7 +30,8 @@ def run(args: argparse.Namespace) -> int:
     from hepfm.workflows.demo import demo
 
     r = demo(args.out, workers=args.workers, seed=args.seed, objective=args.objective, n_labels=args.n_labels,
-             pretrain_steps=args.pretrain_steps, finetune_steps=args.finetune_steps, progress=not args.no_progress)
+             pretrain_steps=args.pretrain_steps, finetune_steps=args.finetune_steps, backbone=args.backbone,
+             max_particles=args.max_particles, progress=not args.no_progress)
     print(r["markdown"])
     print(f"total {r['seconds']['total']:.0f} s (generation {r['seconds']['generation']:.0f} s); "
           f"results in {args.out}/study/results.md")

@@ -22,7 +22,8 @@ FILES = (("pretrain", 8000, False, 10), ("train", 2000, True, 20), ("val", 1000,
 
 
 def demo(out: str | Path, *, workers: int = 2, seed: int = 1, objective: str = "jetclr", n_labels: int = 200,
-         pretrain_steps: int = 400, finetune_steps: int = 200, progress: bool = True) -> dict[str, Any]:
+         pretrain_steps: int = 300, finetune_steps: int = 200, backbone: str = "part-small", max_particles: int = 32,
+         progress: bool = True) -> dict[str, Any]:
     out = Path(out)
     t0 = time.perf_counter()
     files = {}
@@ -37,7 +38,9 @@ def demo(out: str | Path, *, workers: int = 2, seed: int = 1, objective: str = "
     study = FewShotStudy(
         out=out / "study", pretrain_data=files["pretrain"], train=files["train"], val=files["val"],
         test=files["test"], objectives=[objective], modes=["finetune", "scratch"], n_labels=[n_labels],
-        seeds=[seed], pretrain_overrides=[f"train.max_steps={pretrain_steps}", f"train.seed={seed}"],
+        seeds=[seed],
+        pretrain_overrides=[f"train.max_steps={pretrain_steps}", f"train.seed={seed}", f"model.backbone={backbone}",
+                            f"data.max_particles={max_particles}"],
         finetune_overrides=[f"train.max_steps={finetune_steps}"],
     )
     result = run_study(study, progress=progress)
