@@ -391,3 +391,94 @@ def test_check_chunk_global_index_and_precedence():
     d.label[3] = 7
     _, counts = check_chunk(d, None, skip_bad=True)
     assert counts == {"padding_not_zero": 1, "label_out_of_range": 1}
+
+
+# -- the fast scan agrees with the exact checks ---------------------------------------------------
+def _exact(chunk: JetChunk, skip_bad: bool):
+    from hepfm.data.validate import sort_by_pt
+
+    return check_chunk(sort_by_pt(chunk), "f.h5", skip_bad=skip_bad, offset=10)
+
+
+def _defect(c: JetChunk, i: int, kind: str, rng) -> None:
+    k = int(c.mask[i].sum())
+    j = int(rng.integers(0, k))
+    p = c.p4[i, j]
+    pnorm = float(np.sqrt((p[:3].astype(np.float64) ** 2).sum()))
+    pad = min(k, c.max_particles - 1)  # the first padding slot (jets of the factory are never full)
+    if kind == "nan_pad":
+        c.p4[i, pad, 2] = np.nan
+    elif kind == "pad_nonzero":
+        c.p4[i, pad, 0] = 1e-30
+    elif kind == "inf_e":
+        c.p4[i, j, 3] = np.inf
+    elif kind == "ninf_px":
+        c.p4[i, j, 0] = -np.inf
+    elif kind == "huge":  # E and |p| overflow float32 when squared
+        c.p4[i, j] = [3e19, 0.0, 3e21, 3e19]
+    elif kind == "e_just_below":  # |p| - E just beyond the tolerance: bad
+        c.p4[i, j, 3] = np.float32(pnorm - (1e-3 * pnorm + 1e-4) * 1.01)
+    elif kind == "e_just_within":  # just inside the tolerance: good
+        c.p4[i, j, 3] = np.float32(pnorm - (1e-3 * pnorm + 1e-4) * 0.99)
+    elif kind == "neg_zero_e":
+        c.p4[i, j] = [0.0, 0.0, 0.0, -0.0]
+    elif kind == "neg_e":
+        c.p4[i, j, 3] = -1e-6
+    elif kind == "swap":  # two particles out of pT order
+        if k > 1:
+            c.p4[i, [0, 1]] = c.p4[i, [1, 0]]
+    elif kind == "tie":  # equal pT: already sorted
+        if k > 1:
+            c.p4[i, 1] = c.p4[i, 0]
+    elif kind == "hole":
+        if k > 2:
+            c.p4[i, 1] = 0
+            c.mask[i, 1] = False
+    elif kind == "empty":
+        c.p4[i] = 0
+        c.mask[i] = False
+    elif kind == "label":
+        c.label[i] = 2
+    elif kind == "nan_field":
+        c.particles["charge"][i, j] = np.nan
+    elif kind == "inf_jet_field":
+        c.jets["w"][i] = np.inf
+
+
+KINDS = ["nan_pad", "pad_nonzero", "inf_e", "ninf_px", "huge", "e_just_below", "e_just_within",
+         "neg_zero_e", "neg_e", "swap", "tie", "hole", "empty", "label", "nan_field", "inf_jet_field"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_fast_scan_agrees_with_exact_checks(kind):
+    from hepfm.data.validate import all_good_and_sorted, validate_and_sort
+
+    rng = np.random.default_rng(KINDS.index(kind))
+    base = random_chunk(3000, 40, seed=4, particle_fields=True, mean_particles=12)  # > 1 scan block
+    base.jets = {"w": np.ones(3000, np.float32)}
+    assert all_good_and_sorted(base)
+    for rows in ([0], [2999], sorted(rng.choice(3000, 5, replace=False).tolist())):
+        c = base.take(slice(None))
+        c.particles = {k: v.copy() for k, v in c.particles.items()}
+        c.jets = {k: v.copy() for k, v in c.jets.items()}
+        c.p4, c.mask, c.label = c.p4.copy(), c.mask.copy(), c.label.copy()
+        with np.errstate(all="ignore"):
+            for i in rows:
+                _defect(c, i, kind, rng)
+            want, want_counts = _exact(c, skip_bad=True)
+            got, got_counts = validate_and_sort(c, "f.h5", skip_bad=True, offset=10)
+            assert got_counts == want_counts
+            np.testing.assert_array_equal(got.p4, want.p4)
+            np.testing.assert_array_equal(got.mask, want.mask)
+            np.testing.assert_array_equal(got.label, want.label)
+            try:
+                _exact(c, skip_bad=False)
+                want_err = None
+            except HepfmInputError as err:
+                want_err = str(err)
+            if want_err is None:
+                validate_and_sort(c, "f.h5", skip_bad=False, offset=10)
+            else:
+                with pytest.raises(HepfmInputError) as info:
+                    validate_and_sort(c, "f.h5", skip_bad=False, offset=10)
+                assert str(info.value) == want_err

@@ -119,7 +119,9 @@ def test_hepfm_round_trip_chunked(tmp_path):
         }
         ds = f["p4"]
         assert ds.shape == (157, 30, 4) and ds.dtype == np.float32
-        assert ds.chunks == (16, 30, 4) and ds.compression == "gzip" and ds.shuffle and ds.fletcher32
+        # the default compression: gzip level 1 without shuffle (measured: see docs/data.md), checksummed
+        assert ds.chunks == (16, 30, 4) and ds.compression == "gzip" and ds.fletcher32
+        assert ds.compression_opts == 1 and not ds.shuffle and f.attrs["compression"] == "gzip-1"
         assert f["n_particles"].dtype == np.int16
         np.testing.assert_array_equal(f["n_particles"][:], c.n_particles)
         assert f["label"].dtype == np.int64 and f["particles/pid"].dtype == np.int32
@@ -434,6 +436,149 @@ def test_jetclass_layout_with_other_classes(tmp_path):
     src = open_source(path, max_particles=10)
     assert src.class_names == TOPTAG_CLASSES
     assert_same(c, src.read(0, 30), particles=False)
+
+
+# -- field selection ---------------------------------------------------------------------------
+def _corrupt_bytes(path, offset: int, width: int) -> None:
+    b = bytearray(path.read_bytes())
+    b[offset : offset + width] = np.random.default_rng(3).integers(0, 256, width, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(b))
+
+
+def test_read_fields_selects_particle_and_jet_fields(tmp_path):
+    c = random_chunk(90, 20, seed=7, particle_fields=True)
+    c.jets = {"n_const": c.n_particles.astype(np.int32), "pthat": np.linspace(1, 2, 90).astype(np.float32)}
+    paths = {"hepfm": tmp_path / "a.h5", "jetclass-root": tmp_path / "a.root"}
+    write_jets(paths["hepfm"], [c], "hepfm", {}, chunk_jets=32)
+    write_jets(paths["jetclass-root"], [c], "jetclass-root", {}, basket_jets=32)
+    for fmt, path in paths.items():
+        src = open_source(path, max_particles=20)
+        full = src.read(10, 80)
+        assert set(src.particle_fields) >= {"charge", "isPhoton", "d0val"}
+        some = src.read(10, 80, fields=["charge", "d0val", "no_such_field"], jet_fields=["n_const"])
+        assert set(some.particles) == {"charge", "d0val"}  # unknown names are ignored
+        np.testing.assert_array_equal(some.particles["charge"], full.particles["charge"])
+        np.testing.assert_array_equal(some.particles["d0val"], full.particles["d0val"])
+        assert set(some.jets) == {"n_const"}, fmt
+        np.testing.assert_array_equal(some.jets["n_const"], c.n_particles[10:80])
+        kin = src.read(10, 80, fields=(), jet_fields=())
+        assert kin.particles == {} and kin.jets == {}
+        assert_same(full, kin, particles=False)
+        # positional fields work too, and None means all
+        assert set(src.read(0, 5, ["isPhoton"]).particles) == {"isPhoton"}
+        assert set(src.read(0, 5, None).particles) == set(full.particles)
+    top = tmp_path / "top.h5"
+    toptag_dataframe(random_chunk(30, 10, seed=1), 10).to_hdf(top, key="table", mode="w")
+    src = open_source(top)
+    assert src.particle_fields == ()
+    assert set(src.read(0, 30).jets) == {"truthE", "truthPX", "truthPY", "truthPZ", "ttv"}
+    assert set(src.read(0, 30, fields=(), jet_fields=["ttv"]).jets) == {"ttv"}
+    np.testing.assert_array_equal(src.read(0, 30, jet_fields=()).p4, src.read(0, 30).p4)
+
+
+def test_unread_hepfm_datasets_are_not_decompressed(tmp_path):
+    """A kin read touches p4, n_particles and label only: garbage in another dataset does not matter."""
+    path = tmp_path / "a.h5"
+    c = random_chunk(300, 16, seed=3, particle_fields=True)
+    write_jets(path, [c], "hepfm", {}, chunk_jets=100)
+    with h5py.File(path) as f:
+        info = f["particles/charge"].id.get_chunk_info(1)
+    _corrupt_bytes(path, info.byte_offset, info.size)
+    src = open_source(path)
+    assert_same(c, src.read(0, 300, fields=("isPhoton",), jet_fields=()), particles=False)
+    with pytest.raises(HepfmInputError, match="truncated or corrupted"):
+        src.read(0, 300)
+    with pytest.raises(HepfmInputError, match="truncated or corrupted"):
+        src.read(150, 200, fields=["charge"])
+
+
+def test_unread_jetclass_branches_are_not_decompressed(tmp_path):
+    path = tmp_path / "a.root"
+    c = jetclass_chunk(200, 20, seed=5)
+    write_jets(path, [c], "jetclass-root", {}, basket_jets=50)
+    seek = int(uproot.open(path)["tree"]["part_charge"].member("fBasketSeek")[1])
+    _corrupt_bytes(path, seek + 100, 200)
+    src = open_source(path, max_particles=20)
+    back = src.read(0, 200, fields=("isPhoton",), jet_fields=())
+    assert_same(c, back, particles=False)
+    np.testing.assert_array_equal(back.particles["isPhoton"], c.particles["isPhoton"])
+    with pytest.raises(HepfmInputError, match="truncated or corrupted"):
+        open_source(path, max_particles=20).read(0, 200)
+
+
+def test_jetclass_baskets_and_range_cache(tmp_path, monkeypatch):
+    """The writer cuts baskets of basket_jets whatever the chunk sizes; the reader serves reads inside
+    a decoded basket range from its cache, and reads the request alone when the range is too big."""
+    import hepfm.data.formats.jetclass_root as jr
+
+    c = jetclass_chunk(130, 20, seed=8)
+    path = tmp_path / "a.root"
+    write_jets(path, [c.take(slice(0, 33)), c.take(slice(33, 130))], "jetclass-root", {}, basket_jets=40)
+    tree = uproot.open(path)["tree"]
+    assert tree.common_entry_offsets() == [0, 40, 80, 120, 130]
+    src = open_source(path, max_particles=20)
+    for a, b in ((45, 50), (50, 78), (40, 80), (79, 121), (0, 130), (125, 130)):
+        assert_same(c.take(slice(a, b)), src.read(a, b))
+        assert src._cache is not None and src._cache.lo <= a and b <= src._cache.hi
+    assert src._cache.nbytes < 200 * 130 * 10
+    monkeypatch.setattr(jr, "CACHE_BYTES", 1)  # nothing fits: each read decodes its own range only
+    small = open_source(path, max_particles=20)
+    for a, b in ((45, 50), (0, 130), (7, 93)):
+        assert_same(c.take(slice(a, b)), small.read(a, b))
+        assert small._cache is None
+    clone = pickle.loads(pickle.dumps(src))  # the cache is not pickled to workers
+    assert clone._cache is None
+    assert_same(c.take(slice(3, 9)), clone.read(3, 9))
+
+
+# -- hepfm compression -------------------------------------------------------------------------
+@pytest.mark.parametrize("spec", ["gzip-1", "gzip-4+shuffle", "gzip-9", "lzf", "lzf+shuffle", "none"])
+def test_hepfm_compressions_round_trip(tmp_path, spec):
+    c = random_chunk(70, 24, seed=9, particle_fields=True)
+    path = tmp_path / "c.h5"
+    write_jets(path, [c], "hepfm", {}, compression=spec, chunk_jets=32)
+    with h5py.File(path) as f:
+        assert f.attrs["compression"] == spec
+        for name in ("p4", "particles/charge", "label"):
+            ds = f[name]
+            assert ds.fletcher32 and ds.chunks[0] == 32
+            assert ds.shuffle == spec.endswith("+shuffle")
+            assert ds.compression == {"g": "gzip", "l": "lzf", "n": None}[spec[0]]
+    src = open_source(path)
+    assert src.compression == spec
+    assert_same(c, src.read(0, 70))
+
+
+def test_hepfm_compression_default_legacy_and_errors(tmp_path):
+    from hepfm.data.formats.hepfm_h5 import DEFAULT_CHUNK_JETS, DEFAULT_COMPRESSION, compression_options
+
+    assert DEFAULT_COMPRESSION == "gzip-1" and DEFAULT_CHUNK_JETS == 1024
+    assert 8192 % DEFAULT_CHUNK_JETS == 0  # the loaders' reads never split an HDF5 chunk
+    c = random_chunk(2100, 8, seed=2)
+    write_jets(tmp_path / "d.h5", [c], "hepfm", {})
+    with h5py.File(tmp_path / "d.h5") as f:
+        assert f["p4"].chunks == (1024, 8, 4) and f["p4"].compression_opts == 1 and not f["p4"].shuffle
+    # the former writer option still works and means gzip + shuffle
+    with HepfmH5Writer(tmp_path / "old.h5", max_particles=8, class_names=TOPTAG_CLASSES, labeled=True,
+                       compression_level=4) as w:
+        w.append(c)
+    # a file written before the attribute existed: the reader describes the datasets' filters
+    with h5py.File(tmp_path / "old.h5", "a") as f:
+        assert f.attrs["compression"] == "gzip-4+shuffle"
+        del f.attrs["compression"]
+    old = open_source(tmp_path / "old.h5")
+    assert old.compression == "gzip-4+shuffle"
+    assert_same(c, old.read(0, 2100))
+    assert compression_options("gzip-4+shuffle") == {
+        "compression": "gzip", "compression_opts": 4, "shuffle": True
+    }
+    assert compression_options("none") == {"shuffle": False}
+    for bad in ("zstd", "gzip", "gzip-10", "lzf+", "shuffle"):
+        with pytest.raises(ValueError, match="unknown compression"):
+            compression_options(bad)
+    with pytest.raises(ValueError, match="unknown compression"):
+        write_jets(tmp_path / "e.h5", [c], "hepfm", {}, compression="brotli")
+    assert not (tmp_path / "e.h5").exists()
 
 
 # -- detection, globs, conversion --------------------------------------------------------------

@@ -329,3 +329,56 @@ def test_kinpid_with_fields_and_mixed_class_names():
     other.class_names = ("a", "b")
     with pytest.raises(HepfmInputError, match="class names"):
         JetDataset([src, other], "kin")
+
+
+class RecordingSource(ArraySource):
+    """Records the fields every read asks for."""
+
+    def read(self, start, stop, fields=None, jet_fields=None):  # noqa: ANN001, ANN201
+        self.calls.append((None if fields is None else tuple(fields), jet_fields))
+        return super().read(start, stop, fields, jet_fields)
+
+
+class LegacySource:
+    """A third-party source with the original ``read(start, stop)`` only and no ``particle_fields``."""
+
+    format = "legacy"
+
+    def __init__(self, inner: ArraySource) -> None:
+        self.inner, self.path = inner, inner.path
+        self.class_names, self.has_labels = inner.class_names, inner.has_labels
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def read(self, start: int, stop: int) -> JetChunk:
+        return self.inner.read(start, stop)
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_loaders_read_only_the_fields_the_feature_set_needs(streaming):
+    pid = ("charge", "isChargedHadron", "isNeutralHadron", "isPhoton", "isElectron", "isMuon")
+    extra = {k: True for k in (*pid, "d0val", "dzval")}
+    plain = make_source(300, 0, **extra)
+    rec = RecordingSource(plain.chunk)
+    rec.calls = []
+    legacy = LegacySource(make_source(300, 0, **extra))
+    kw = {"batch_size": 64, "shuffle": False, "streaming": streaming, "chunk_size": 100}
+    for name in ("kin", "kinpid"):
+        rec.calls.clear()
+        want = list(make_loader([plain], name, **kw))
+        got = list(make_loader([rec], name, **kw))
+        old = list(make_loader([legacy], name, **kw))
+        need = FEATURE_SETS.get(name).requires
+        assert rec.calls and set(rec.calls) == {(need, ())}
+        assert len(got) == len(want) == len(old)
+        for a, b, c in zip(got, want, old):
+            np.testing.assert_array_equal(a.x.numpy(), b.x.numpy())
+            np.testing.assert_array_equal(c.x.numpy(), b.x.numpy())
+            np.testing.assert_array_equal(a.label.numpy(), b.label.numpy())
+    # a missing field is reported before any reading, for a source that declares its fields
+    bare = RecordingSource(make_source(50, 0, path="bare.h5").chunk, "bare.h5")
+    bare.calls = []
+    with pytest.raises(HepfmInputError, match=r"bare\.h5.*'kinpid'.*charge"):
+        make_loader([plain, bare], "kinpid", **kw)
+    assert bare.calls == []

@@ -20,7 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-labels", type=int, default=200)
     p.add_argument("--backbone", default="part-small")
     p.add_argument("--max-particles", type=int, default=32, help="hardest constituents kept per jet")
-    p.add_argument("--pretrain-steps", type=int, default=300)
+    p.add_argument("--pretrain-steps", type=int, default=1200)
     p.add_argument("--finetune-steps", type=int, default=200)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)

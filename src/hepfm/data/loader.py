@@ -9,6 +9,11 @@
 * :func:`make_loader` builds a :class:`JetLoader` (a ``DataLoader`` with ``set_epoch`` and a
   resumable ``state_dict``) for either.
 
+Reading: the datasets ask each source only for what the feature set needs,
+``source.read(start, stop, fields=feature_set.requires, jet_fields=())`` (see
+:func:`~hepfm.data.formats.base.read_selected`; sources whose ``read`` takes only ``(start, stop)``
+are read whole), so a ``kin`` stream decompresses four-momenta, particle counts and labels only.
+
 Batches are assembled directly in their final padded form, trimmed by default to the longest jet of
 the batch (ParT's cost grows as N²): ``x`` (B, N, F) zero at padding, ``mask`` (B, N) True = real,
 ``p4`` (B, N, 4), ``jet`` (B, 5) (pt, eta, phi, energy, mass of the constituent sum), ``label`` (B,)
@@ -31,7 +36,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_
 
 from hepfm.contracts import ParticleBatch
 from hepfm.data.features import FeatureSet, get_feature_set
-from hepfm.data.formats.base import JetSource
+from hepfm.data.formats.base import JetSource, accepts_fields, read_selected
 from hepfm.data.jets import JetChunk
 from hepfm.errors import HepfmInputError
 
@@ -116,38 +121,52 @@ def _gather(
     """Assemble jets ``ids`` (indices into the concatenation of ``blocks``) into a padded batch.
 
     ``length`` None trims to the longest jet of the batch; otherwise pads to ``length`` slots.
+
+    The index arithmetic runs once for the whole batch, over its jets grouped by block (a stable
+    sort, so each block's particles are one contiguous slice of the source/destination indices);
+    per block there are only the row gathers/scatters.
     """
     n = len(ids)
     which = np.searchsorted(cum, ids, side="right") - 1
     rows = ids - cum[which]
-    parts = []
-    for k in np.unique(which):
-        pos = np.flatnonzero(which == k)
-        parts.append((blocks[k], pos, rows[pos]))
-    counts = np.zeros(n, dtype=np.int64)
-    for b, pos, r in parts:
-        counts[pos] = b.counts[r]
-    size = int(counts.max(initial=0)) if length is None else int(length)
+    order = np.argsort(which, kind="stable")  # batch positions, grouped by block
+    rows_g = rows[order]
+    jb = np.searchsorted(which[order], np.arange(len(blocks) + 1))  # block k: jets jb[k]:jb[k+1]
+    counts_g = np.empty(n, dtype=np.int64)
+    starts_g = np.empty(n, dtype=np.int64)
+    jet = np.empty((n, blocks[0].jet.shape[1]), dtype=np.float32)
+    label = np.empty(n, dtype=np.int64) if labelled else None
+    used = [k for k in range(len(blocks)) if jb[k] < jb[k + 1]]
+    for k in used:
+        b, lo, hi = blocks[k], jb[k], jb[k + 1]
+        r = rows_g[lo:hi]
+        counts_g[lo:hi] = b.counts[r]
+        starts_g[lo:hi] = b.offsets[r]
+        jet[order[lo:hi]] = b.jet[r]
+        if label is not None:
+            label[order[lo:hi]] = b.label[r]  # type: ignore[index]
+    size = int(counts_g.max(initial=0)) if length is None else int(length)
+    c = np.minimum(counts_g, size)
+    ends = np.cumsum(c)
+    within = np.arange(int(ends[-1]) if n else 0, dtype=np.int64) - np.repeat(ends - c, c)
+    src = np.repeat(starts_g, c) + within  # row in its block
+    dst = np.repeat(order * size, c) + within  # row in the (B*N) padded output
+    pb = np.concatenate([[0], ends])[jb]  # block k: particles pb[k]:pb[k+1]
     f = blocks[0].x.shape[1]
     x = np.zeros((n * size, f), dtype=np.float32)  # (B*N, F), reshaped below
     p4 = np.zeros((n * size, 4), dtype=np.float32)
-    mask = np.zeros(n * size, dtype=bool)
-    jet = np.empty((n, blocks[0].jet.shape[1]), dtype=np.float32)
-    label = np.empty(n, dtype=np.int64) if labelled else None
     vx, vp = _void_rows(x), _void_rows(p4)
-    for b, pos, r in parts:
-        c = np.minimum(b.counts[r], size)
-        src = _ragged_index(b.offsets[r], c)
-        dst = _ragged_index(pos * size, c)
-        vx[dst] = np.take(_void_rows(b.x), src)
-        vp[dst] = np.take(_void_rows(b.p4), src)
-        mask[dst] = True
-        jet[pos] = b.jet[r]
-        if label is not None:
-            label[pos] = b.label[r]  # type: ignore[index]
+    for k in used:
+        b, lo, hi = blocks[k], pb[k], pb[k + 1]
+        d, s = dst[lo:hi], src[lo:hi]
+        vx[d] = np.take(_void_rows(b.x), s)
+        vp[d] = np.take(_void_rows(b.p4), s)
+    counts = np.empty(n, dtype=np.int64)
+    counts[order] = c
+    mask = np.arange(size)[None, :] < counts[:, None]  # real particles are a prefix of the slots
     return ParticleBatch(
         x=torch.from_numpy(x.reshape(n, size, f)),
-        mask=torch.from_numpy(mask.reshape(n, size)),
+        mask=torch.from_numpy(mask),
         p4=torch.from_numpy(p4.reshape(n, size, 4)),
         jet=torch.from_numpy(jet),
         label=None if label is None else torch.from_numpy(label),
@@ -185,6 +204,24 @@ def _labelled(sources: Sequence[JetSource]) -> tuple[bool, tuple[str, ...]]:
     return True, names
 
 
+def _check_fields_early(sources: Sequence[JetSource], fs: FeatureSet) -> bool:
+    """Check ``fs`` against the ``particle_fields`` each source declares (no reading); returns
+    whether every source declared them."""
+    declared = True
+    for s in sources:
+        have = getattr(s, "particle_fields", None)
+        if have is None:
+            declared = False
+        else:
+            fs.check_fields(have, s.path)
+    return declared
+
+
+def _read_for(src: JetSource, start: int, stop: int, fs: FeatureSet, accepts: bool | None = None) -> JetChunk:
+    """Jets ``[start, stop)`` of ``src`` with only the per-particle fields ``fs`` needs, no per-jet ones."""
+    return read_selected(src, start, stop, fs.requires, (), accepts=accepts)
+
+
 def _load(
     src: JetSource,
     start: int,
@@ -193,8 +230,9 @@ def _load(
     max_particles: int | None,
     lab: bool,
     exact: bool = True,
+    accepts: bool | None = None,
 ) -> _Block:
-    chunk = src.read(start, stop)
+    chunk = _read_for(src, start, stop, fs, accepts)
     if exact and len(chunk) != stop - start:
         raise HepfmInputError(
             f"read({start}, {stop}) returned {len(chunk)} jets; a source that drops jets must have "
@@ -295,13 +333,17 @@ class JetDataset(Dataset):
         self.feature_set = get_feature_set(feature_set)
         self.labelled, self.class_names = _labelled(self.sources)
         self.trim = trim
+        _check_fields_early(self.sources, self.feature_set)
         blocks: list[_Block] = []
         left = np.inf if n_jets is None else int(n_jets)
         for src in self.sources:
             n = int(min(len(src), left))
+            acc = accepts_fields(src)
             for start in range(0, n, chunk_size):
                 stop = min(start + chunk_size, n)
-                blocks.append(_load(src, start, stop, self.feature_set, max_particles, self.labelled, False))
+                blocks.append(
+                    _load(src, start, stop, self.feature_set, max_particles, self.labelled, False, acc)
+                )
             left -= n
             if left <= 0:
                 break
@@ -419,9 +461,12 @@ class StreamingJetDataset(IterableDataset):
         self.units = np.array(units, dtype=np.int64).reshape(-1, 3)  # (U, 3): source, start, stop
         # readers opened with skip_bad drop bad jets, so a unit may hold fewer jets than stop - start
         self._exact_sizes = not any(getattr(s, "skip_bad", False) for s in self.sources)
-        first = next((s for s in self.sources if len(s) > 0), None)
-        if first is not None:  # fail fast on missing fields (every chunk is checked again later)
-            self.feature_set.check_fields(first.read(0, 1).particles, first.path)
+        self._accepts = [accepts_fields(s) for s in self.sources]
+        # fail fast on missing fields (every chunk is checked again later)
+        if not _check_fields_early(self.sources, self.feature_set):
+            first = next((s for s in self.sources if len(s) > 0), None)
+            if first is not None:
+                self.feature_set.check_fields(first.read(0, 1).particles, first.path)
 
     # -- epoch, rank, resume ------------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
@@ -541,13 +586,14 @@ class StreamingJetDataset(IterableDataset):
             del blocks  # before the next pool is read: at most one pool in memory
 
     def _read_unit(self, u: int) -> JetChunk:
+        # the same fields as _load_unit: with skip_bad, what is dropped depends on what is read
         si, a, b = (int(v) for v in self.units[u])
-        return self.sources[si].read(a, b)
+        return _read_for(self.sources[si], a, b, self.feature_set, self._accepts[si])
 
     def _load_unit(self, u: int) -> _Block:
         si, a, b = (int(v) for v in self.units[u])
         return _load(self.sources[si], a, b, self.feature_set, self.max_particles, self.labelled,
-                     exact=self._exact_sizes)
+                     exact=self._exact_sizes, accepts=self._accepts[si])
 
     def _materialise(self, refs: np.ndarray) -> _Block:
         """Read back the jets ``refs`` (unit, row), in that order: the leftovers of a skipped pool."""
@@ -558,7 +604,7 @@ class StreamingJetDataset(IterableDataset):
                 si, a, _ = (int(v) for v in self.units[u])
                 lo, hi = int(refs[sel, 1].min()), int(refs[sel, 1].max()) + 1
                 blk = _load(self.sources[si], a + lo, a + hi, self.feature_set, self.max_particles,
-                            self.labelled)
+                            self.labelled, accepts=self._accepts[si])
             else:
                 blk, lo = self._load_unit(int(u)), 0
             blocks.append(blk)

