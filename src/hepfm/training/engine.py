@@ -284,7 +284,10 @@ class Trainer:
 
     @torch.no_grad()
     def _evaluate(self, loader: Iterable[ParticleBatch]) -> bool:
-        """Validation loss (+ classification metrics if the objective gives logits); best checkpoint."""
+        """Validation loss (+ classification metrics if the objective gives logits); best checkpoint.
+
+        Under DDP every rank evaluates the whole validation set (the workflows build it unsharded),
+        so best-checkpoint and early-stopping decisions agree on all ranks without a collective."""
         self.objective.eval()
         total, n = torch.zeros((), device=self.device), 0
         logits, labels = [], []

@@ -150,7 +150,7 @@ def train(preset: str, delta: dict[str, Any], out: str | Path, *, resume: bool =
                                seed=tcfg.seed, num_workers=tcfg.num_workers, max_particles=data.max_particles,
                                n_jets=data.n_train, drop_last=True)
     val_loader = make_loader(val_src, fs, data.batch_size, streaming=False, shuffle=False,
-                             max_particles=data.max_particles, n_jets=data.n_val)
+                             max_particles=data.max_particles, n_jets=data.n_val, rank=0, world_size=1)
     _check_val_classes(val_loader, len(class_names), val_src[0].path)
 
     spec = model_spec(model, fs, class_names, data.max_particles)

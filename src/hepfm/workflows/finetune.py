@@ -118,7 +118,7 @@ def finetune(pretrained: str | Path | None, preset: str, delta: dict[str, Any], 
     train_loader = make_loader(train_sources, fs, batch_size, shuffle=True, seed=tcfg.seed, max_particles=max_particles,
                                drop_last=len(train_sources[0]) > batch_size if n_labels else True)
     val_loader = make_loader(val_src, fs, batch_size, shuffle=False, max_particles=max_particles,
-                             n_jets=data.get("n_val"))
+                             n_jets=data.get("n_val"), rank=0, world_size=1)
     _check_val_classes(val_loader, len(class_names), val_src[0].path)
 
     mcfg = ModelConfig(backbone=bb_spec["backbone"]["name"], head=head.get("name", "linear"),

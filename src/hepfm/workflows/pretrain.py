@@ -79,7 +79,7 @@ def pretrain(preset: str, delta: dict[str, Any], out: str | Path, *, progress: b
                                num_workers=tcfg.num_workers, max_particles=data.max_particles,
                                n_jets=data.n_train, drop_last=True)
     val_loader = (make_loader(val_srcs, fs, data.batch_size, shuffle=False, max_particles=data.max_particles,
-                              n_jets=data.n_val) if val_srcs else None)
+                              n_jets=data.n_val, rank=0, world_size=1) if val_srcs else None)
     if not supervised:
         train_loader = _without_labels(train_loader)
         val_loader = _without_labels(val_loader) if val_loader is not None else None
