@@ -36,6 +36,8 @@ def json_default(obj: Any) -> Any:
     """``json.dumps(default=...)`` for numpy scalars and arrays and paths."""
     import numpy as np
 
+    if isinstance(obj, np.bool_):
+        return bool(obj)
     if isinstance(obj, np.integer):
         return int(obj)
     if isinstance(obj, np.floating):
@@ -44,4 +46,6 @@ def json_default(obj: Any) -> Any:
         return obj.tolist()
     if isinstance(obj, Path):
         return str(obj)
+    if isinstance(obj, (tuple, set)):
+        return list(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

@@ -48,7 +48,7 @@ import numpy as np
 from hepfm.data.jets import JetChunk
 from hepfm.data.validate import ValidatingSource, read_errors, select_fields
 from hepfm.errors import HepfmInputError
-from hepfm.io import atomic_path
+from hepfm.io import atomic_path, json_default
 
 #: The schema this version writes and the newest it reads.
 SCHEMA = 1
@@ -101,25 +101,9 @@ def _attr_str(value: Any) -> str:
     return str(value)
 
 
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.floating):
-        return float(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, tuple | set):
-        return list(obj)
-    raise TypeError(f"metadata value not JSON serialisable: {type(obj).__name__}")
-
-
 def dumps_metadata(metadata: dict | None) -> str:
     """JSON text of a metadata dict (numpy scalars/arrays and paths allowed)."""
-    return json.dumps(metadata or {}, sort_keys=True, default=_json_default)
+    return json.dumps(metadata or {}, sort_keys=True, default=json_default)
 
 
 def is_hepfm_file(f: h5py.File) -> bool:
