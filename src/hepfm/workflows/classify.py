@@ -11,11 +11,11 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
 from hepfm import __version__
 from hepfm.configs import load_preset, merge_run_config
@@ -25,13 +25,13 @@ from hepfm.data.loader import make_loader
 from hepfm.errors import HepfmInputError
 from hepfm.evaluation.metrics import classification_metrics, softmax
 from hepfm.heads import create_head_for
-from hepfm.io import atomic_path, write_json_atomic
+from hepfm.io import write_json_atomic
 from hepfm.models import create_backbone
 from hepfm.objectives.supervised import Supervised
 from hepfm.training import checkpoint as ckpt
 from hepfm.training.config import TrainConfig
 from hepfm.training.engine import Trainer
-from hepfm.workflows.provenance import command_line, data_provenance, versions
+from hepfm.workflows.provenance import data_provenance, write_run_header
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +109,16 @@ def load(path: str | Path) -> tuple[Supervised, dict[str, Any]]:
 
 
 # -- training
+def validation_metrics(class_names: tuple[str, ...]) -> Callable[[np.ndarray, np.ndarray], dict[str, float]]:
+    """The engine's validation hook for classifiers: the scalar tagging metrics (``val_auc`` etc.)."""
+
+    def metrics_fn(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+        m = classification_metrics(logits, labels, class_names)
+        return {k: v for k, v in m.items() if isinstance(v, float)}
+
+    return metrics_fn
+
+
 def _class_names(sources: list[Any], what: str) -> tuple[str, ...]:
     names = {tuple(s.class_names) for s in sources}
     if len(names) > 1:
@@ -155,21 +165,10 @@ def train(preset: str, delta: dict[str, Any], out: str | Path, *, resume: bool =
 
     spec = model_spec(model, fs, class_names, data.max_particles)
     objective = build_classifier(spec)
-    out.mkdir(parents=True, exist_ok=True)
     resolved = {"data": asdict(data), "model": asdict(model), "train": tcfg.to_dict()}
-    with atomic_path(out / "config.yaml") as tmp:
-        tmp.write_text(yaml.safe_dump(resolved, sort_keys=False))
-    write_json_atomic(out / "provenance.json", {
-        "versions": versions(), "command": command_line(), "preset": preset,
-        "data": {"train": data_provenance(train_src), "val": data_provenance(val_src)},
-        "n_parameters": sum(p.numel() for p in objective.parameters()),
-    })
-
-    def metrics_fn(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-        m = classification_metrics(logits, labels, class_names)
-        return {k: v for k, v in m.items() if isinstance(v, float)}
-
-    trainer = Trainer(objective, tcfg, out, spec, metrics_fn)
+    write_run_header(out, resolved, preset, train_src, val_src,
+                     n_parameters=sum(p.numel() for p in objective.parameters()))
+    trainer = Trainer(objective, tcfg, out, spec, validation_metrics(class_names))
     res = trainer.fit(train_loader, val_loader, resume=resume, progress=progress)
     summary = asdict(res) | {"run_dir": str(out), "n_parameters": sum(p.numel() for p in objective.parameters())}
     write_json_atomic(out / "train_summary.json", summary)

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from hepfm.configs import load_preset, merge
 from hepfm.data.features import FeatureSet
@@ -25,7 +24,7 @@ from hepfm.data.formats import ArraySource, open_sources
 from hepfm.data.jets import JetChunk
 from hepfm.data.loader import make_loader
 from hepfm.errors import HepfmInputError
-from hepfm.io import atomic_path, write_json_atomic
+from hepfm.io import write_json_atomic
 from hepfm.training import checkpoint as ckpt
 from hepfm.training.config import TrainConfig
 from hepfm.training.engine import Trainer
@@ -36,8 +35,9 @@ from hepfm.workflows.classify import (
     _class_names,
     build_classifier,
     model_spec,
+    validation_metrics,
 )
-from hepfm.workflows.provenance import command_line, data_provenance, versions
+from hepfm.workflows.provenance import write_run_header
 
 log = logging.getLogger(__name__)
 MODES = ("finetune", "frozen", "scratch")
@@ -131,20 +131,10 @@ def finetune(pretrained: str | Path | None, preset: str, delta: dict[str, Any], 
     if mode != "scratch":
         ckpt.load_state_into(objective.backbone, bb_state, bb_file)
 
-    out.mkdir(parents=True, exist_ok=True)
     resolved = {"pretrained": str(bb_file), "mode": mode, "n_labels": n_labels, **d, "train": tcfg.to_dict()}
-    with atomic_path(out / "config.yaml") as tmp:
-        tmp.write_text(yaml.safe_dump(resolved, sort_keys=False))
-    write_json_atomic(out / "provenance.json", {
-        "versions": versions(), "command": command_line(), "preset": preset, "pretrained_spec": bb_spec,
-        "data": {"train": data_provenance(train_src), "val": data_provenance(val_src)}, "per_class": per_class,
-    })
-    from hepfm.evaluation.metrics import classification_metrics
-
-    def metrics_fn(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-        return {k: v for k, v in classification_metrics(logits, labels, class_names).items() if isinstance(v, float)}
-
-    res = Trainer(objective, tcfg, out, spec, metrics_fn).fit(train_loader, val_loader, progress=progress)
+    write_run_header(out, resolved, preset, train_src, val_src, pretrained_spec=bb_spec, per_class=per_class)
+    res = Trainer(objective, tcfg, out, spec, validation_metrics(class_names)).fit(
+        train_loader, val_loader, progress=progress)
     summary = asdict(res) | {"run_dir": str(out), "mode": mode, "n_labels": n_labels, "per_class": per_class}
     write_json_atomic(out / "train_summary.json", summary)
     return summary

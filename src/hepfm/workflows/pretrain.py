@@ -14,7 +14,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from hepfm import __version__
 from hepfm.configs import load_preset, merge_run_config
@@ -22,14 +21,14 @@ from hepfm.data.features import FEATURE_SETS
 from hepfm.data.formats import open_sources
 from hepfm.data.loader import make_loader
 from hepfm.errors import HepfmInputError
-from hepfm.io import atomic_path, write_json_atomic
+from hepfm.io import write_json_atomic
 from hepfm.models import create_backbone
 from hepfm.objectives.registry import create_objective
 from hepfm.training import checkpoint as ckpt
 from hepfm.training.config import TrainConfig
 from hepfm.training.engine import Trainer
 from hepfm.workflows.classify import DataConfig, ModelConfig, _available_fields, _class_names, _section
-from hepfm.workflows.provenance import command_line, data_provenance, versions
+from hepfm.workflows.provenance import write_run_header
 
 log = logging.getLogger(__name__)
 PREPARE_JETS = 20_000  # jets shown to Objective.prepare (e.g. fitting an MPM codebook)
@@ -89,16 +88,9 @@ def pretrain(preset: str, delta: dict[str, Any], out: str | Path, *, progress: b
         prepare(list(itertools.islice(iter(train_loader), n_batches)))
 
     spec = {"objective": obj_cfg["name"], "objective_options": obj_cfg["options"], **bb_spec}
-    out.mkdir(parents=True, exist_ok=True)
     resolved = {"data": asdict(data), "model": asdict(model), "objective": obj_cfg, "train": tcfg.to_dict()}
-    with atomic_path(out / "config.yaml") as tmp:
-        tmp.write_text(yaml.safe_dump(resolved, sort_keys=False))
     n_params = sum(p.numel() for p in objective.export_backbone().parameters())
-    write_json_atomic(out / "provenance.json", {
-        "versions": versions(), "command": command_line(), "preset": preset,
-        "data": {"train": data_provenance(srcs), "val": data_provenance(val_srcs)},
-        "n_backbone_parameters": n_params,
-    })
+    write_run_header(out, resolved, preset, srcs, val_srcs, n_backbone_parameters=n_params)
     trainer = Trainer(objective, tcfg, out, spec)
     res = trainer.fit(train_loader, val_loader, progress=progress)
     # export the selected backbone (best on validation loss, or the final one without --val)

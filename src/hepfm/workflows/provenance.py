@@ -9,6 +9,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from hepfm.io import atomic_path, write_json_atomic
+
 from hepfm import __version__
 
 
@@ -48,3 +52,15 @@ def data_provenance(sources: list[Any]) -> list[dict[str, Any]]:
 
 def command_line() -> list[str]:
     return list(sys.argv)
+
+
+def write_run_header(out: Path, resolved: dict[str, Any], preset: str, train_sources: list[Any],
+                     val_sources: list[Any], **extra: Any) -> None:
+    """``config.yaml`` (the resolved config) and ``provenance.json`` (versions, command, preset, data)."""
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "config.yaml") as tmp:
+        tmp.write_text(yaml.safe_dump(resolved, sort_keys=False))
+    write_json_atomic(out / "provenance.json", {
+        "versions": versions(), "command": command_line(), "preset": preset,
+        "data": {"train": data_provenance(train_sources), "val": data_provenance(val_sources)}, **extra,
+    })
