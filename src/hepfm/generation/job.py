@@ -156,8 +156,14 @@ def _load_part(path: Path, class_names: tuple[str, ...]) -> tuple[JetChunk, dict
         return chunk, json.loads(str(z["stats"]))
 
 
+def _part_stats(path: Path) -> dict:
+    with np.load(path) as z:  # npz members load lazily
+        return json.loads(str(z["stats"]))
+
+
 def _worker_init() -> None:
-    # FastJet prints its banner on stdout at first use; workers have nothing else to say there.
+    # Workers have nothing to say on stdout (the parent's may be --json output); FastJet's banner is
+    # already muted by quiet_fastjet, this also catches anything Pythia prints despite Print:quiet.
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
 
@@ -200,7 +206,7 @@ def run_job(job: GenerationJob, workers: int = 1, restart: bool = False, progres
     for t in tasks:
         p = _part_path(parts, t)
         if p.exists():
-            stats[p.stem] = _load_part(p, ())[1]
+            stats[p.stem] = _part_stats(p)  # only the stats entry: the arrays are read once, at merge
         else:
             todo.append(t)
     done_jets = sum(t.n_jets for t in tasks) - sum(t.n_jets for t in todo)

@@ -176,8 +176,11 @@ def train(preset: str, delta: dict[str, Any], out: str | Path, *, resume: bool =
 
 
 def _available_fields(source: Any) -> set[str]:
-    chunk = source.read(0, min(1, len(source)))
-    return set(chunk.particles)
+    """Per-particle fields a source provides, from its header (no jets are read)."""
+    fields = getattr(source, "particle_fields", None)
+    if fields is None:  # a third-party JetSource without the attribute: look at one jet
+        return set(source.read(0, min(1, len(source))).particles)
+    return set(fields)
 
 
 # -- evaluation

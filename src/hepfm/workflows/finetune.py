@@ -49,7 +49,7 @@ def balanced_subset(sources: list[Any], n_labels: int, seed: int) -> tuple[JetCh
     labels = []
     for s in sources:
         for start in range(0, len(s), READ_CHUNK):
-            labels.append(s.read(start, min(start + READ_CHUNK, len(s))).label)
+            labels.append(s.read(start, min(start + READ_CHUNK, len(s)), fields=(), jet_fields=()).label)
     y = np.concatenate(labels)
     total = len(y)
     if n_labels > total:
