@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -137,9 +138,31 @@ def test_fewshot_study_table_and_resume(pretrained, toptag_files, tmp_path, caps
     assert main(args) == 0
     result = json.loads((out / "results.json").read_text())
     table = {(t["objective"], t["mode"]): t for t in result["table"]}
-    assert set(table) == {("jetclr", "finetune"), ("-", "scratch")}
+    scratch = [k for k in table if k[1] == "scratch"]
+    assert ("jetclr", "finetune") in table and len(table) == 2 and len(scratch) == 1
+    # the scratch baseline names the architecture it re-initialises
+    assert scratch[0][0].startswith("(") and table[("jetclr", "finetune")] is not table[scratch[0]]
+    spec = json.loads((out / "pretrain" / "jetclr" / "backbone.json").read_text())
+    assert spec["backbone"]["name"] in scratch[0][0] and spec["features"]["name"] in scratch[0][0]
     assert all(t["n_seeds"] == 2 and t["n_labels"] == 40 for t in table.values())
     assert "| 40 | jetclr | finetune | 2 |" in (out / "results.md").read_text()
     stamp = (out / "finetune" / "jetclr" / "finetune" / "n40" / "seed1" / "best.safetensors").stat().st_mtime_ns
     assert main(args) == 0  # finished runs are reused, not retrained
     assert (out / "finetune" / "jetclr" / "finetune" / "n40" / "seed1" / "best.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_scratch_baseline_is_shared_only_by_identical_architectures(tmp_path):
+    from hepfm.studies.fewshot import scratch_key
+
+    def run(name: str, features: str, options: dict | None = None) -> Path:
+        d = tmp_path / name
+        d.mkdir()
+        spec = {"backbone": {"name": "part-small", "options": options or {}, "in_features": 7},
+                "features": {"name": features}, "max_particles": 64, "pretrained_with": name}
+        (d / "backbone.json").write_text(json.dumps(spec))
+        return d
+
+    mpm, jepa = run("mpm", "kin"), run("jepa", "kin")
+    clr, wide = run("jetclr", "jetclr"), run("wide", "kin", {"num_layers": 4})
+    assert scratch_key(mpm) == scratch_key(jepa)  # same architecture and inputs: one baseline
+    assert len({scratch_key(mpm), scratch_key(clr), scratch_key(wide)}) == 3

@@ -15,7 +15,7 @@ from hepfm import __version__
 from hepfm.errors import HepfmInputError
 
 #: Subcommand modules, in the order ``hepfm --help`` lists them.
-SUBCOMMANDS = ("generate", "inspect", "train", "evaluate", "pretrain", "finetune", "embed", "study", "demo")
+SUBCOMMANDS = ("generate", "inspect", "convert", "train", "evaluate", "pretrain", "finetune", "embed", "study", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

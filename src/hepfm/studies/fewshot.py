@@ -9,6 +9,7 @@ piece is skipped when the study is re-run, so an interrupted study resumes.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -48,8 +49,21 @@ class FewShotStudy:
         return self.out / "pretrain" / objective
 
     def finetune_dir(self, objective: str, mode: str, n: int, seed: int) -> Path:
-        owner = "scratch" if mode == "scratch" else objective
+        owner = scratch_key(self.pretrain_dir(objective)) if mode == "scratch" else objective
         return self.out / "finetune" / owner / mode / f"n{n}" / f"seed{seed}"
+
+
+def scratch_key(pretrained: Path) -> str:
+    """Which from-scratch baseline a pretrained run is compared with: ``scratch-<backbone>-<features>``.
+
+    Objectives whose backbone, options, inputs and particle cap agree share one set of scratch runs
+    (the same architecture re-initialised is the same baseline); objectives with different inputs
+    (e.g. JetCLR's raw eta/phi) get their own, so every comparison is like for like.
+    """
+    spec = json.loads((pretrained / "backbone.json").read_text())
+    sig = {k: spec.get(k) for k in ("backbone", "features", "max_particles")}
+    digest = hashlib.sha1(json.dumps(sig, sort_keys=True).encode()).hexdigest()[:6]
+    return f"scratch-{spec['backbone']['name']}-{spec['features']['name']}-{digest}"
 
 
 def _done(run: Path) -> dict[str, Any] | None:
@@ -79,7 +93,8 @@ def run_study(s: FewShotStudy, progress: bool = False) -> dict[str, Any]:
                             f"head.name={s.head}", f"train.seed={seed}", *s.finetune_overrides])
                         finetune(pdir, s.finetune_preset, delta, run, mode=mode, n_labels=n, progress=progress)
                         metrics = evaluate(run, s.test, name="test", plots=False)
-                    rows.append({"objective": "-" if mode == "scratch" else objective, "mode": mode, "n_labels": n,
+                    owner = f"({scratch_key(pdir)[len('scratch-'):]})" if mode == "scratch" else objective
+                    rows.append({"objective": owner, "mode": mode, "n_labels": n,
                                  "seed": seed, **{k: metrics[k] for k in METRICS}})
     table = aggregate(rows)
     result = {"rows": rows, "table": table, "config": {k: (str(v) if isinstance(v, Path) else v)
@@ -91,7 +106,8 @@ def run_study(s: FewShotStudy, progress: bool = False) -> dict[str, Any]:
 
 
 def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and std over seeds per (objective, mode, n_labels); scratch rows are shared by objectives."""
+    """Mean and std over seeds per (objective, mode, n_labels); scratch rows are shared by objectives
+    with the same architecture (their ``objective`` is the architecture key in parentheses)."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     seen: set[tuple] = set()
     for r in rows:

@@ -1,0 +1,72 @@
+"""Convert jet files between the supported formats (hepfm HDF5, Top Tagging HDF5, JetClass ROOT).
+
+Why: the same jets in the layout another tool reads lets it train on exactly our files (e.g.
+weaver-core on a JetClass-layout ROOT file, see ``benchmarks/side_by_side_part.py``), and public
+files can be re-packed into hepfm's compressed, chunked format for faster streaming.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from hepfm.data.formats import expand_patterns, open_source, write_jets
+from hepfm.data.jets import JetChunk
+from hepfm.errors import HepfmInputError
+
+#: Jets per read while converting (bounds memory).
+CHUNK_JETS = 10_000
+
+
+def convert_files(
+    inputs: list[str],
+    out: str | Path,
+    format: str,
+    *,
+    max_jets: int | None = None,
+    chunk_jets: int = CHUNK_JETS,
+) -> dict:
+    """Stream every jet of ``inputs`` (in order) into one file ``out`` in ``format``.
+
+    The readers validate every chunk (NaN/inf, empty jets, bad labels are errors naming the file
+    and jet), so a converted file is clean. The output appears atomically: on an error nothing is
+    left behind. Returns a summary dict.
+    """
+    paths = expand_patterns(inputs)
+    if not paths:
+        raise HepfmInputError("no input files given")
+    sources = [open_source(p) for p in paths]
+    names = {tuple(s.class_names) for s in sources if s.has_labels}
+    if len(names) > 1:
+        raise HepfmInputError(f"input files have different classes: {sorted(names)}", paths[0])
+    total = sum(len(s) for s in sources)
+    if max_jets is not None:
+        total = min(total, max_jets)
+
+    # Files of different formats carry different extra fields (truth, impact parameters, ...):
+    # keep those that every input has, so that every chunk written has the same fields.
+    firsts = [s.read(0, 1) for s in sources if len(s)]
+    keep_p = set.intersection(*(set(c.particles) for c in firsts)) if firsts else set()
+    keep_j = set.intersection(*(set(c.jets) for c in firsts)) if firsts else set()
+
+    def chunks() -> Iterator[JetChunk]:
+        left = total
+        for src in sources:
+            for start in range(0, len(src), chunk_jets):
+                if left <= 0:
+                    return
+                stop = min(len(src), start + chunk_jets, start + left)
+                chunk = src.read(start, stop)  # the readers validate every chunk they return
+                chunk.particles = {k: v for k, v in chunk.particles.items() if k in keep_p}
+                chunk.jets = {k: v for k, v in chunk.jets.items() if k in keep_j}
+                left -= len(chunk)
+                yield chunk
+
+    metadata = {
+        "converted_from": [
+            {"path": str(s.path), "format": s.format, "n_jets": len(s), "metadata": getattr(s, "metadata", {})}
+            for s in sources
+        ]
+    }
+    n = write_jets(out, chunks(), format, metadata)
+    return {"out": str(out), "format": format, "n_jets": n, "inputs": [str(p) for p in paths]}
