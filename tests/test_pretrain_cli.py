@@ -144,6 +144,9 @@ def test_fewshot_study_table_and_resume(pretrained, toptag_files, tmp_path, caps
     assert scratch[0][0].startswith("(") and table[("jetclr", "finetune")] is not table[scratch[0]]
     spec = json.loads((out / "pretrain" / "jetclr" / "backbone.json").read_text())
     assert spec["backbone"]["name"] in scratch[0][0] and spec["features"]["name"] in scratch[0][0]
+    ft = table[("jetclr", "finetune")]
+    assert ft["auc_minus_scratch"] == pytest.approx(ft["auc"] - table[scratch[0]]["auc"])
+    assert table[scratch[0]]["auc_minus_scratch"] is None
     assert all(t["n_seeds"] == 2 and t["n_labels"] == 40 for t in table.values())
     assert "| 40 | jetclr | finetune | 2 |" in (out / "results.md").read_text()
     stamp = (out / "finetune" / "jetclr" / "finetune" / "n40" / "seed1" / "best.safetensors").stat().st_mtime_ns

@@ -93,9 +93,10 @@ def run_study(s: FewShotStudy, progress: bool = False) -> dict[str, Any]:
                             f"head.name={s.head}", f"train.seed={seed}", *s.finetune_overrides])
                         finetune(pdir, s.finetune_preset, delta, run, mode=mode, n_labels=n, progress=progress)
                         metrics = evaluate(run, s.test, name="test", plots=False)
-                    owner = f"({scratch_key(pdir)[len('scratch-'):]})" if mode == "scratch" else objective
-                    rows.append({"objective": owner, "mode": mode, "n_labels": n,
-                                 "seed": seed, **{k: metrics[k] for k in METRICS}})
+                    baseline = f"({scratch_key(pdir)[len('scratch-'):]})"
+                    rows.append({"objective": baseline if mode == "scratch" else objective, "mode": mode,
+                                 "n_labels": n, "seed": seed, "baseline": baseline,
+                                 **{k: metrics[k] for k in METRICS}})
     table = aggregate(rows)
     result = {"rows": rows, "table": table, "config": {k: (str(v) if isinstance(v, Path) else v)
                                                        for k, v in vars(s).items()}}
@@ -118,22 +119,30 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         groups.setdefault(key, []).append(r)
     table = []
     for (objective, mode, n), rs in sorted(groups.items(), key=lambda kv: (kv[0][2], kv[0][0], kv[0][1])):
-        entry: dict[str, Any] = {"objective": objective, "mode": mode, "n_labels": n, "n_seeds": len(rs)}
+        entry: dict[str, Any] = {"objective": objective, "mode": mode, "n_labels": n, "n_seeds": len(rs),
+                                 "baseline": rs[0].get("baseline", "")}
         for k in METRICS:
             v = np.array([r[k] for r in rs], dtype=float)
             finite = v[np.isfinite(v)]
             entry[k] = float(finite.mean()) if len(finite) else float("inf")
             entry[f"{k}_std"] = float(finite.std(ddof=1)) if len(finite) > 1 else 0.0
         table.append(entry)
+    scratch = {(t["objective"], t["n_labels"]): t for t in table if t["mode"] == "scratch"}
+    for t in table:  # the gain over the matching from-scratch baseline (same architecture, same N)
+        ref = scratch.get((t["baseline"], t["n_labels"]))
+        t["auc_minus_scratch"] = t["auc"] - ref["auc"] if ref and t["mode"] != "scratch" else None
     return table
 
 
 def markdown_table(table: list[dict[str, Any]]) -> str:
-    head = "| N labels | objective | mode | seeds | accuracy | AUC | 1/eps_B @ 0.5 | 1/eps_B @ 0.3 |\n"
-    head += "|---|---|---|---|---|---|---|---|\n"
+    head = ("| N labels | objective | mode | seeds | accuracy | AUC | 1/eps_B @ 0.5 | 1/eps_B @ 0.3 | "
+            "AUC - scratch |\n")
+    head += "|---|---|---|---|---|---|---|---|---|\n"
     lines = []
     for t in table:
         cells = [f"{t[k]:.4f} ± {t[k + '_std']:.4f}" if k in ("accuracy", "auc") else f"{t[k]:.1f} ± {t[k + '_std']:.1f}"
                  for k in METRICS]
+        gain = t.get("auc_minus_scratch")
+        cells.append("" if gain is None else f"{gain:+.4f}")
         lines.append(f"| {t['n_labels']} | {t['objective']} | {t['mode']} | {t['n_seeds']} | " + " | ".join(cells) + " |")
     return head + "\n".join(lines) + "\n"
