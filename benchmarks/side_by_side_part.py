@@ -3,15 +3,14 @@
 Both sides train their own code end to end: hepfm with ``hepfm train`` / ``hepfm evaluate``
 (hepfm's ParticleTransformer, loader, features and engine), weaver-core with its own ``weaver``
 command (weaver's ParticleTransformer, data pipeline from ``benchmarks/weaver/top_kin.yaml``, its
-training loop; network config ``benchmarks/weaver/part_net.py``). Same inputs (ParT's 7 ``kin``
-features, the 4 pair features, the same particle cap), same model shape (``--size``), same
-optimizer (Ranger, ``--lr``), same number of optimizer steps and batch size, a flat learning rate
-then decay to 1 % over the last 30 % of training (weaver's ``flat+decay``, per epoch of
-``--epochs`` pseudo-epochs; hepfm's ``flat-anneal``), model selection on the validation file only,
-evaluation on the test file with the same metric code. The test is "within noise": the table gives
-mean ± std over ``--seeds`` for each side and the difference of the means in units of its standard
-error. (weaver has no seed option: its runs differ by their random initialisation, as hepfm's
-differ by ``--seed``.)
+training loop; network config ``benchmarks/weaver/part_net.py``). The same: inputs (ParT's 7
+``kin`` features, the 4 pair features, the particle cap), model shape (``--size``), optimizer
+(Ranger, ``--lr``, decoupled weight decay 0.01 off biases and norms), optimizer steps and batch
+size, learning-rate shape (flat, then decay to 1 % over the last 30 %: weaver's ``flat+decay`` per
+pseudo-epoch of ``--epochs``, hepfm's ``flat-anneal``), model selection on the validation file
+only, evaluation on the test file with the same metric code. "Within noise" is judged from mean ±
+std over ``--seeds`` for each side and the difference of the means in standard errors. (weaver has
+no seed option: its runs differ by their random initialisation, as hepfm's differ by ``--seed``.)
 
 The input files must be in the JetClass ROOT layout with ``label_QCD``/``label_Top`` branches,
 which weaver reads; hepfm reads the same files. Other files (e.g. from ``hepfm generate toptag``)
@@ -155,7 +154,8 @@ def run_weaver(args: argparse.Namespace, files: dict, seed: int, env: dict, data
         "--network-option", "size", repr(args.size), "--model-prefix", str(run / "net"),
         "--num-epochs", str(args.epochs), "--samples-per-epoch", str(per_epoch),
         "--samples-per-epoch-val", str(n_jets(files["val"])), "--batch-size", str(args.batch_size),
-        "--optimizer", "ranger", "--start-lr", str(args.lr), "--lr-scheduler", "flat+decay",
+        "--optimizer", "ranger", "--start-lr", str(args.lr), "--optimizer-option", "weight_decay", "0.01",
+        "--lr-scheduler", "flat+decay",
         "--gpus", "" if args.device == "cpu" else "0", "--num-workers", "1",
         "--predict-output", str(pred.resolve()), "--log-file", str(run / "weaver.log"),
     ]
