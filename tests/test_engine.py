@@ -73,6 +73,7 @@ def test_learns_and_logs(tmp_path):
     ds, val = Blobs(512, 0), Blobs(256, 1)
     res = Trainer(MeanLinear(), cfg(), tmp_path, {"backbone": "x"}, acc_fn).fit(loader(ds), loader(val), progress=False)
     assert res.steps == 40 and res.best_step is not None
+    assert res.device.startswith("cpu (") and "threads" in res.device  # timings say what they ran on
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     val_rows = [r for r in rows if "val_accuracy" in r]
     assert val_rows[-1]["val_accuracy"] > 0.85

@@ -147,6 +147,8 @@ def test_fewshot_study_table_and_resume(pretrained, toptag_files, tmp_path, caps
     ft = table[("jetclr", "finetune")]
     assert ft["auc_minus_scratch"] == pytest.approx(ft["auc"] - table[scratch[0]]["auc"])
     assert table[scratch[0]]["auc_minus_scratch"] is None
+    cost = result["pretraining"]["jetclr"]
+    assert cost["steps"] > 0 and cost["seconds"] > 0 and "pretraining jetclr:" in (out / "results.md").read_text()
     assert all(t["n_seeds"] == 2 and t["n_labels"] == 40 for t in table.values())
     assert "| 40 | jetclr | finetune | 2 |" in (out / "results.md").read_text()
     stamp = (out / "finetune" / "jetclr" / "finetune" / "n40" / "seed1" / "best.safetensors").stat().st_mtime_ns

@@ -98,12 +98,31 @@ def run_study(s: FewShotStudy, progress: bool = False) -> dict[str, Any]:
                                  "n_labels": n, "seed": seed, "baseline": baseline,
                                  **{k: metrics[k] for k in METRICS}})
     table = aggregate(rows)
-    result = {"rows": rows, "table": table, "config": {k: (str(v) if isinstance(v, Path) else v)
-                                                       for k, v in vars(s).items()}}
+    cost = pretraining_cost(s)
+    result = {"rows": rows, "table": table, "pretraining": cost,
+              "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(s).items()}}
     write_json_atomic(s.out / "results.json", result)
     with atomic_path(s.out / "results.md") as tmp:
-        tmp.write_text(markdown_table(table))
+        tmp.write_text(markdown_table(table) + cost_lines(cost))
     return result
+
+
+def pretraining_cost(s: FewShotStudy) -> dict[str, dict[str, Any]]:
+    """Steps, wall time, throughput and hardware of each objective's pretraining (its train_summary)."""
+    keys = ("steps", "seconds", "jets_per_second", "device", "n_backbone_parameters")
+    out = {}
+    for objective in s.objectives:
+        path = s.pretrain_dir(objective) / "train_summary.json"
+        if path.exists():
+            summary = json.loads(path.read_text())
+            out[objective] = {k: summary.get(k) for k in keys}
+    return out
+
+
+def cost_lines(cost: dict[str, dict[str, Any]]) -> str:
+    lines = [f"- pretraining {obj}: {c['steps']} steps in {c['seconds']:.0f} s ({c['jets_per_second']:.0f} jets/s"
+             f"{', ' + c['device'] if c.get('device') else ''})" for obj, c in cost.items()]
+    return ("\n" + "\n".join(lines) + "\n") if lines else ""
 
 
 def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

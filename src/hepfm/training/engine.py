@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -50,6 +51,14 @@ class FitResult:
     stopped_early: bool
     seconds: float
     jets_per_second: float
+    device: str = ""  # what the time was measured on, e.g. "cpu (2 threads)" or "cuda: NVIDIA H100 ..."
+
+
+def describe_device(device: torch.device) -> str:
+    """A short description of the hardware a run used, recorded next to its timings."""
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    return f"{device.type} ({torch.get_num_threads()} threads, {os.cpu_count()} cores visible)"
 
 
 def seed_everything(seed: int) -> None:
@@ -240,7 +249,8 @@ class Trainer:
             ckpt.save_weights(self.run_dir / "best", self.objective, self.spec)
         self.logger.close()
         secs = time.perf_counter() - t0
-        return FitResult(self.step, self.best, self.best_step, stopped, secs, n_jets / max(secs, 1e-9))
+        return FitResult(self.step, self.best, self.best_step, stopped, secs, n_jets / max(secs, 1e-9),
+                         describe_device(self.device))
 
     def _optimizer_step(self) -> torch.Tensor:
         params = [p for p in self.objective.parameters() if p.requires_grad]
