@@ -76,3 +76,11 @@ def test_inputs_with_different_classes_are_refused(tmp_path):
     write_jets(tmp_path / "j.h5", [random_chunk(10, 5, class_names=JETCLASS_CLASSES, seed=1)], "hepfm", {})
     r = _cli("convert", str(tmp_path / "t.h5"), str(tmp_path / "j.h5"), "--to", "hepfm", "--out", str(tmp_path / "o.h5"))
     assert r.returncode == 2 and "different classes" in r.stderr
+
+
+def test_long_jets_are_not_capped(tmp_path):
+    c = random_chunk(20, 150, class_names=TOPTAG_CLASSES, seed=8, mean_particles=140, min_particles=130)
+    write_jets(tmp_path / "long.h5", [c], "hepfm", {})
+    assert main(["convert", str(tmp_path / "long.h5"), "--to", "jetclass-root", "--out", str(tmp_path / "l.root")]) == 0
+    got = open_source(tmp_path / "l.root", max_particles=None).read(0, 20)
+    np.testing.assert_array_equal(got.mask.sum(1), c.mask.sum(1))  # no particle lost to a reader's cap

@@ -292,3 +292,32 @@ def test_empty_jet_and_large_chunk_blocks():
     rag = fs.compute_ragged(c)
     np.testing.assert_array_equal(rag.x, x[c.mask])
     np.testing.assert_array_equal(rag.counts, c.mask.sum(1))
+
+
+@pytest.mark.parametrize("fmt", ["hepfm", "toptag-h5", "jetclass-root", "memory"])
+def test_a_particle_cap_does_not_change_the_kept_particles_features(tmp_path, fmt):
+    """Jet-relative features (pT/E fractions, Δη/Δφ to the axis) refer to the whole jet, as ParT's
+    configs do, whatever cap drops the softest particles (readers and JetChunk.truncate)."""
+    from _factories import random_chunk
+
+    from hepfm.data.formats import open_source, write_jets
+    from hepfm.data.jets import FULL_JET_P4
+
+    chunk = random_chunk(40, 30, seed=7, mean_particles=18, min_particles=8)
+    if fmt == "memory":
+        full, capped = chunk, chunk.truncate(6)
+    else:
+        path = tmp_path / ("j.root" if fmt == "jetclass-root" else "j.h5")
+        write_jets(path, [chunk], fmt, {})
+        full = open_source(path, max_particles=None).read(0, 40)
+        capped = open_source(path, max_particles=6).read(0, 40)
+    assert capped.max_particles == 6 and FULL_JET_P4 in capped.jets
+    np.testing.assert_allclose(capped.jet_p4(), full.p4.sum(axis=1, dtype=np.float64), rtol=1e-6, atol=1e-6)
+    fs = FEATURE_SETS.get("kin")
+    want = fs.compute(full)[:, :6]
+    got = fs.compute(capped)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(fs.jet_features(capped), fs.jet_features(full), rtol=1e-5)
+    # without the whole-jet sums the kept particles alone would define the jet: a real difference
+    alone = JetChunk(p4=capped.p4, mask=capped.mask, label=capped.label, class_names=capped.class_names)
+    assert np.abs(fs.compute(alone) - want).max() > 1e-2

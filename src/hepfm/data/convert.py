@@ -35,7 +35,7 @@ def convert_files(
     paths = expand_patterns(inputs)
     if not paths:
         raise HepfmInputError("no input files given")
-    sources = [open_source(p) for p in paths]
+    sources = [open_source(p, max_particles=None) for p in paths]  # every particle, no cap
     names = {tuple(s.class_names) for s in sources if s.has_labels}
     if len(names) > 1:
         raise HepfmInputError(f"input files have different classes: {sorted(names)}", paths[0])

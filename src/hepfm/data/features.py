@@ -9,10 +9,12 @@ definitions and the standardisation follow the official Particle Transformer dat
 * a standardised feature is ``clip((q - center) * scale, clip_min, clip_max)``, with weaver's default
   clip range ±5; a feature with ``center=None`` is passed through unchanged (weaver's ``null``);
 * ``part_d0err`` / ``part_dzerr`` use ``center=0, scale=1`` and the clip range [0, 1];
-* the jet axis, jet pT and jet energy are those of the four-vector sum of the jet's stored
-  constituents (:meth:`JetChunk.jet_kinematics`); the official JetClass files instead store the
-  clustered jet, which contains the same constituents, so the difference is float rounding (and
-  truncation, if a reader dropped particles);
+* the jet axis, jet pT and jet energy are those of the four-vector sum of *all* the jet's
+  constituents (:meth:`JetChunk.jet_p4`), also when a particle cap drops the softest ones (the
+  readers record the whole-jet sum, :data:`~hepfm.data.jets.FULL_JET_P4`), as ParT's configs use
+  the clustered jet's ``jet_pt``/``jet_eta``/``jet_phi``/``jet_energy``; the official JetClass
+  files store that clustered jet, which contains the same constituents, so the difference is
+  float rounding;
 * Δφ is wrapped to [-π, π); Δη uses pseudorapidity (the pair features use rapidity, see
   :mod:`hepfm.data.pairwise`).
 
@@ -53,7 +55,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from hepfm.data.jets import PID_FLAGS, JetChunk, kinematics
+from hepfm.data.jets import FULL_JET_P4, PID_FLAGS, JetChunk, kinematics
 from hepfm.errors import HepfmInputError
 from hepfm.registry import Registry
 
@@ -87,10 +89,12 @@ class _Particles:
         self._jet: dict[str, np.ndarray] | None = None
 
     def jet_kinematics(self) -> dict[str, np.ndarray]:
-        """Same as :meth:`JetChunk.jet_kinematics` (float64 sums of the real particles), computed
-        from the flat particles with one ``reduceat`` instead of a strided sum over all N slots."""
+        """Same as :meth:`JetChunk.jet_kinematics` (float64 sums of the real particles, or of all
+        constituents if some were dropped), from the flat particles with one ``reduceat``."""
         if self._jet is None:
-            self._jet = flat_jet_kinematics(self.p, self.counts)
+            full = self.chunk.jets.get(FULL_JET_P4)  # particles were dropped: the whole jet's axis
+            self._jet = kinematics(np.asarray(full, np.float64)) if full is not None else \
+                flat_jet_kinematics(self.p, self.counts)
         return self._jet
 
     def jet(self, key: str) -> np.ndarray:
@@ -373,13 +377,12 @@ class FeatureSet:
 
 
 def jet_features(chunk: JetChunk) -> np.ndarray:
-    """Jet-level vector from the constituent sum, in :data:`JET_FEATURES` order.
+    """Jet-level vector from the constituent sum (all constituents, also under a particle cap), in
+    :data:`JET_FEATURES` order.
 
     Shape: returns (n, 5) float32 (pt, eta, phi, energy, mass).
     """
-    flat = np.ascontiguousarray(chunk.p4, dtype=np.float32).reshape(-1, 4)
-    p = np.take(flat, np.flatnonzero(chunk.mask), axis=0)
-    jk = flat_jet_kinematics(p, chunk.mask.sum(axis=1))
+    jk = _Particles(chunk, flip_eta=False).jet_kinematics()
     return np.stack([jk[k] for k in JET_FEATURES], axis=1).astype(np.float32)
 
 

@@ -31,6 +31,12 @@ PID_FLAGS = ("isChargedHadron", "isNeutralHadron", "isPhoton", "isElectron", "is
 JETCLASS_CLASSES = ("QCD", "Hbb", "Hcc", "Hgg", "H4q", "Hqql", "Zqq", "Wqq", "Tbqq", "Tbl")
 TOPTAG_CLASSES = ("QCD", "Top")
 
+#: ``JetChunk.jets`` key of the (n, 4) float64 four-vector sum of *all* a jet's constituents, set
+#: when a particle cap (a reader's or :meth:`JetChunk.truncate`'s) drops particles of the chunk. Jet-relative
+#: features (pT and energy fractions, the axis of Δη/Δφ) then refer to the whole jet, as in ParT's
+#: data configs (their ``jet_pt``/``jet_eta``/... are the clustered jet's), not to the kept particles.
+FULL_JET_P4 = "constituents_p4"
+
 
 @dataclass
 class JetChunk:
@@ -83,23 +89,36 @@ class JetChunk:
             jets={k: v[index] for k, v in self.jets.items()},
         )
 
-    def truncate(self, n_max: int) -> JetChunk:
-        """Keep at most ``n_max`` particle slots (particles are pT-ordered, so the softest go)."""
+    def with_jets(self, jets: dict[str, np.ndarray]) -> JetChunk:
+        """The same jets with per-jet fields ``jets`` added (or replaced)."""
+        return JetChunk(p4=self.p4, mask=self.mask, label=self.label, class_names=self.class_names,
+                        particles=self.particles, jets=self.jets | jets)
+
+    def truncate(self, n_max: int, *, keep_jet_sums: bool = True) -> JetChunk:
+        """Keep at most ``n_max`` particle slots (particles are pT-ordered, so the softest go).
+
+        ``keep_jet_sums`` records the whole jets' four-vectors (:data:`FULL_JET_P4`) so that jet
+        quantities still describe the whole jet; writers that cap what they store pass False (a
+        file's jets are what it stores).
+        """
         if n_max >= self.max_particles:
             return self
         sl = (slice(None), slice(0, n_max))
+        dropped = bool(self.mask[:, n_max:].any())
         return JetChunk(
             p4=self.p4[sl],
             mask=self.mask[sl],
             label=self.label,
             class_names=self.class_names,
             particles={k: v[sl] for k, v in self.particles.items()},
-            jets=dict(self.jets),
+            jets=self.jets | {FULL_JET_P4: self.jet_p4()} if keep_jet_sums and dropped else dict(self.jets),
         )
 
     def jet_p4(self) -> np.ndarray:
-        """(n, 4) jet four-momentum as the sum of its stored particles."""
-        return self.p4.sum(axis=1, dtype=np.float64)
+        """(n, 4) float64 jet four-momentum: the sum of all its constituents (:data:`FULL_JET_P4`,
+        if particles were dropped), else of its stored particles."""
+        full = self.jets.get(FULL_JET_P4)
+        return np.asarray(full, dtype=np.float64) if full is not None else self.p4.sum(axis=1, dtype=np.float64)
 
     def jet_kinematics(self) -> dict[str, np.ndarray]:
         """Jet pt, eta, phi, energy, mass (float64) from the stored particles."""
@@ -116,6 +135,8 @@ class JetChunk:
             if c.class_names != names:
                 raise ValueError(f"class names differ: {names} vs {c.class_names}")
         labelled = all(c.label is not None for c in chunks)
+        if any(FULL_JET_P4 in c.jets for c in chunks):  # keep whole-jet sums for every jet
+            chunks = [c if FULL_JET_P4 in c.jets else c.with_jets({FULL_JET_P4: c.jet_p4()}) for c in chunks]
         pkeys = set.intersection(*(set(c.particles) for c in chunks))
         jkeys = set.intersection(*(set(c.jets) for c in chunks))
 

@@ -45,7 +45,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from hepfm.data.jets import JetChunk
+from hepfm.data.jets import FULL_JET_P4, JetChunk
 from hepfm.data.validate import ValidatingSource, read_errors, select_fields
 from hepfm.errors import HepfmInputError
 from hepfm.io import atomic_path, json_default
@@ -214,11 +214,21 @@ class HepfmH5Source(ValidatingSource):
         sel = rows if s == self.file_max_particles else (rows, slice(0, s))
         with read_errors(self.path, f"reading jets {start}-{stop}"):
             f = self._file()
-            p4 = f["p4"][sel].astype(np.float32, copy=False)
             npart = f["n_particles"][rows].astype(np.int64)
+            full = None
+            if s < self.file_max_particles and npart.size and npart.max() > s:
+                # the cap drops particles: keep the whole jets' sums. HDF5 chunks span every slot,
+                # so reading them all costs no extra decompression.
+                whole = f["p4"][rows].astype(np.float32, copy=False)
+                full = whole.sum(axis=1, dtype=np.float64)  # padding slots are zero
+                p4 = np.ascontiguousarray(whole[:, :s])
+            else:
+                p4 = f["p4"][sel].astype(np.float32, copy=False)
             label = f["label"][rows].astype(np.int64) if self.has_labels else None
             particles = {k: f[f"particles/{k}"][sel] for k in select_fields(self._particle_keys, fields)}
             jets = {k: f[f"jets/{k}"][rows] for k in select_fields(self._jet_keys, jet_fields)}
+            if FULL_JET_P4 in self._jet_keys:  # written from capped jets: the whole-jet sums, always
+                jets[FULL_JET_P4] = f[f"jets/{FULL_JET_P4}"][rows]
         if npart.size and (npart.min() < 0 or npart.max() > self.file_max_particles):
             i = int(np.flatnonzero((npart < 0) | (npart > self.file_max_particles))[0])
             raise HepfmInputError(
@@ -227,6 +237,8 @@ class HepfmH5Source(ValidatingSource):
                 self.path,
             )
         mask = np.arange(s)[None, :] < npart[:, None]
+        if full is not None:
+            jets.setdefault(FULL_JET_P4, full)
         return JetChunk(
             p4=p4, mask=mask, label=label, class_names=self.class_names, particles=particles, jets=jets
         )
@@ -331,7 +343,7 @@ class HepfmH5Writer:
                 raise ValueError("chunk labels outside [0, number of classes)")
             self._class_counts += np.bincount(lab, minlength=len(self.class_names))
         n_slots = self.max_particles
-        chunk = chunk.truncate(n_slots)
+        chunk = chunk.truncate(n_slots, keep_jet_sums=False)
         npart = chunk.mask.sum(axis=1)
         if not np.array_equal(chunk.mask, np.arange(chunk.max_particles)[None, :] < npart[:, None]):
             raise ValueError("chunk mask is not contiguous: real particles must fill the leading slots")

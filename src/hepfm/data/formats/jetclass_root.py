@@ -56,7 +56,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hepfm.data.jets import JETCLASS_CLASSES, PID_FLAGS, JetChunk, pt_eta_phi
+from hepfm.data.jets import FULL_JET_P4, JETCLASS_CLASSES, PID_FLAGS, JetChunk, pt_eta_phi
 from hepfm.data.validate import (
     LABEL_NOT_ONE_HOT,
     ROOT_ERRORS,
@@ -340,7 +340,12 @@ class JetClassRootSource(ValidatingSource):
         # destination of every particle in the (n * n_slots) padded rows: jet * n_slots + position
         first_slot = np.arange(n, dtype=np.int64) * n_slots
         dst = np.arange(total, dtype=np.int64) + np.repeat(first_slot - offsets[:-1], counts)
+        full = None
         if int(kept.sum()) != total:  # clip the softest particles of long jets
+            full = np.zeros((n, 4), dtype=np.float64)  # ... keeping the whole jets' sums
+            nonempty = counts > 0
+            for c, b in enumerate(MOMENTUM_BRANCHES):
+                full[nonempty, c] = np.add.reduceat(flat[b], offsets[:-1][nonempty], dtype=np.float64)
             keep = np.flatnonzero(dst - np.repeat(first_slot, counts) < n_slots)
             dst = dst[keep]
             flat = {k: v[keep] for k, v in flat.items()}
@@ -364,6 +369,8 @@ class JetClassRootSource(ValidatingSource):
                 ok = ((onehot == 0) | (onehot == 1)).all(axis=1) & (onehot.sum(axis=1) == 1)
             label = np.where(ok, onehot.argmax(axis=1), LABEL_NOT_ONE_HOT).astype(np.int64)
         jets = {_jet_key(b): dec.scalar[b].copy() for b in jet_branches}
+        if full is not None:
+            jets[FULL_JET_P4] = full
         return JetChunk(
             p4=p4, mask=mask, label=label, class_names=self.class_names, particles=particles, jets=jets
         )

@@ -41,7 +41,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from hepfm.data.jets import TOPTAG_CLASSES, JetChunk
+from hepfm.data.jets import FULL_JET_P4, TOPTAG_CLASSES, JetChunk
 from hepfm.data.validate import LABEL_NOT_0_1, ValidatingSource, read_errors, select_fields, slot_nonzero
 from hepfm.errors import HepfmInputError
 from hepfm.io import atomic_path
@@ -206,6 +206,13 @@ class TopTagH5Source(ValidatingSource):
             for src, (s_list, j_list) in by_src.items():
                 plan.setdefault(src, []).append((c, np.array(s_list), np.array(j_list)))
         self._plan = plan
+        # The dropped slots' columns, summed into the whole jets' four-vectors (FULL_JET_P4).
+        tail: dict[str, dict[int, list[int]]] = {}
+        for comp, c in COMPONENTS.items():
+            for i in range(self._slots, n_slots):
+                src, j = columns[f"{comp}_{i}"]
+                tail.setdefault(src, {}).setdefault(c, []).append(j)
+        self._tail = {src: [(c, np.array(js)) for c, js in by_c.items()] for src, by_c in tail.items()}
         self._columns = columns
         self._slab = self._find_slab(plan)
         self.has_labels = LABEL_COLUMN in columns
@@ -289,6 +296,14 @@ class TopTagH5Source(ValidatingSource):
                     for c, slots, cols in parts:
                         p4[:, slots, c] = vals[:, cols]
             jets = {name: np.asarray(column(name)).copy() for name in jet_columns}
+            if self._tail:  # the cap's dropped slots: whole-jet sums if any of them is occupied
+                tail = np.zeros((n, 4), dtype=np.float64)
+                for src, parts in self._tail.items():
+                    vals = block(src)
+                    for c, cols in parts:
+                        tail[:, c] = vals[:, cols].sum(axis=1, dtype=np.float64)
+                if tail.any():
+                    jets[FULL_JET_P4] = p4.sum(axis=1, dtype=np.float64) + tail
             raw_label = np.asarray(column(LABEL_COLUMN)) if self.has_labels else None
         mask = slot_nonzero(p4)
         label = None
@@ -338,7 +353,7 @@ def write_toptag(
     truth = np.zeros((n, 4), dtype=np.float32)
     row = 0
     for c in parts:
-        c = c.truncate(n_slots)
+        c = c.truncate(n_slots, keep_jet_sums=False)
         k, s = len(c), c.max_particles
         p4 = np.where(c.mask[..., None], c.p4, 0).astype(np.float32)
         momenta[row : row + k, :s] = p4[..., [3, 0, 1, 2]]  # (E, px, py, pz)
