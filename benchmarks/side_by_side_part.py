@@ -5,7 +5,8 @@ Both sides train their own code end to end: hepfm with ``hepfm train`` / ``hepfm
 command (weaver's ParticleTransformer, data pipeline from ``benchmarks/weaver/top_kin.yaml``, its
 training loop; network config ``benchmarks/weaver/part_net.py``). The same: inputs (ParT's 7
 ``kin`` features, the 4 pair features, the particle cap), model shape (``--size``), optimizer
-(Ranger, ``--lr``, decoupled weight decay 0.01 off biases and norms), optimizer steps and batch
+(Ranger as weaver's: betas 0.95/0.999, eps 1e-5, Lookahead 6/0.5, ``--lr``, decoupled weight
+decay 0.01 off biases and norms, no gradient clipping), optimizer steps and batch
 size, learning-rate shape (flat, then decay to 1 % over the last 30 %: weaver's ``flat+decay`` per
 pseudo-epoch of ``--epochs``, hepfm's ``flat-anneal``), model selection on the validation file
 only, evaluation on the test file with the same metric code. "Within noise" is judged from mean ±
@@ -107,7 +108,9 @@ def run_hepfm(args: argparse.Namespace, files: dict, seed: int, env: dict) -> di
         "--backbone", SIZES[args.size], "--head", "linear", "--features", "kin",
         "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
         "--max-particles", str(args.max_particles), "--seed", str(seed), "--device", args.device, "--no-progress",
+        # weaver's Ranger: RAdam betas (0.95, 0.999), eps 1e-5, Lookahead k=6 alpha=0.5; no clipping
         "-o", "train.optim.name=ranger", "-o", "train.optim.weight_decay=0.01",
+        "-o", "train.optim.betas=[0.95,0.999]", "-o", "train.optim.eps=1.0e-5", "-o", "train.clip_grad=0",
         "-o", "train.schedule.name=flat-anneal", "-o", "train.schedule.anneal_start=0.7",
         "-o", "train.schedule.min_lr_ratio=0.01", "-o", "train.schedule.warmup_steps=0",
         "-o", f"train.eval_every={eval_every}", "-o", f"train.ckpt_every={eval_every}",
