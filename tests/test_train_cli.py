@@ -115,3 +115,17 @@ def test_checkpoint_from_another_model(trained, toptag_files, tmp_path, capsys):
             "--backbone", "pfn-small", *FAST]
     msg = one_line_error(capsys, main(args))
     assert "different model" in msg
+
+
+def test_every_train_preset_resolves_and_part_toptag_is_the_part_recipe():
+    from hepfm.configs import list_presets
+    from hepfm.workflows.classify import resolve_config
+
+    for name in list_presets("train"):
+        data, model, train = resolve_config(name, {})
+        assert data.batch_size > 0 and model.backbone and train.max_steps > 0, name
+    data, model, train = resolve_config("part-toptag", {})
+    # weaver's Ranger (RAdam betas 0.95/0.999, eps 1e-5, Lookahead 6/0.5), no clipping, as ParT's recipe
+    assert (model.backbone, data.max_particles, data.batch_size) == ("part", 128, 512)
+    assert train.optim.name == "ranger" and tuple(train.optim.betas) == (0.95, 0.999) and train.optim.eps == 1e-5
+    assert train.clip_grad == 0 and train.schedule.name == "flat-anneal"
