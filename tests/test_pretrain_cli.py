@@ -171,3 +171,23 @@ def test_scratch_baseline_is_shared_only_by_identical_architectures(tmp_path):
     clr, wide = run("jetclr", "jetclr"), run("wide", "kin", {"num_layers": 4})
     assert scratch_key(mpm) == scratch_key(jepa)  # same architecture and inputs: one baseline
     assert len({scratch_key(mpm), scratch_key(clr), scratch_key(wide)}) == 3
+
+
+def test_demo_main_job_end_to_end(toptag_files, tmp_path, capsys):
+    """The README's main job, with the generated files pre-placed (the demo reuses finished steps)
+    and a few steps each: pretrain -> finetune and scratch on the same labels -> table."""
+    import shutil
+
+    data = tmp_path / "demo" / "data"
+    data.mkdir(parents=True)
+    for name, src in (("pretrain", "train"), ("train", "train"), ("val", "val"), ("test", "val")):
+        shutil.copy(toptag_files[src], data / f"{name}.h5")
+    args = ["demo", "--out", str(tmp_path / "demo"), "--pretrain-steps", "6", "--finetune-steps", "6",
+            "--n-labels", "60", "--no-progress"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "| 60 | jetclr | finetune | 1 |" in out and "scratch" in out and "pretraining jetclr:" in out
+    result = json.loads((tmp_path / "demo" / "study" / "results.json").read_text())
+    assert {t["mode"] for t in result["table"]} == {"finetune", "scratch"}
+    assert all(0.0 <= t["auc"] <= 1.0 for t in result["table"])
+    assert (tmp_path / "demo" / "study" / "pretrain" / "jetclr" / "backbone.safetensors").exists()

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from hepfm.generation.job import GenerationJob, run_job
-from hepfm.studies.fewshot import FewShotStudy, markdown_table, run_study
+from hepfm.studies.fewshot import FewShotStudy, cost_lines, markdown_table, run_study
 
 log = logging.getLogger(__name__)
 
@@ -45,4 +45,4 @@ def demo(out: str | Path, *, workers: int = 2, seed: int = 1, objective: str = "
     )
     result = run_study(study, progress=progress)
     result["seconds"] = {"generation": t_gen, "total": time.perf_counter() - t0}
-    return result | {"markdown": markdown_table(result["table"])}
+    return result | {"markdown": markdown_table(result["table"]) + cost_lines(result["pretraining"])}
