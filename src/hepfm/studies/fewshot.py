@@ -53,8 +53,8 @@ class FewShotStudy:
         return self.out / "finetune" / owner / mode / f"n{n}" / f"seed{seed}"
 
 
-def scratch_key(pretrained: Path) -> str:
-    """Which from-scratch baseline a pretrained run is compared with: ``scratch-<backbone>-<features>``.
+def architecture_key(pretrained: Path) -> str:
+    """``<backbone>-<features>-<hash>`` of a pretrained run: what its from-scratch baseline re-initialises.
 
     Objectives whose backbone, options, inputs and particle cap agree share one set of scratch runs
     (the same architecture re-initialised is the same baseline); objectives with different inputs
@@ -63,7 +63,12 @@ def scratch_key(pretrained: Path) -> str:
     spec = json.loads((pretrained / "backbone.json").read_text())
     sig = {k: spec.get(k) for k in ("backbone", "features", "max_particles")}
     digest = hashlib.sha1(json.dumps(sig, sort_keys=True).encode()).hexdigest()[:6]
-    return f"scratch-{spec['backbone']['name']}-{spec['features']['name']}-{digest}"
+    return f"{spec['backbone']['name']}-{spec['features']['name']}-{digest}"
+
+
+def scratch_key(pretrained: Path) -> str:
+    """The folder of the from-scratch runs a pretrained run is compared with."""
+    return f"scratch-{architecture_key(pretrained)}"
 
 
 def _done(run: Path) -> dict[str, Any] | None:
@@ -81,6 +86,7 @@ def run_study(s: FewShotStudy, progress: bool = False) -> dict[str, Any]:
             delta = apply_overrides({}, [f"data.train={json.dumps(s.pretrain_data)}", f"objective.name={objective}",
                                          *s.pretrain_overrides])
             pretrain(s.pretrain_preset or f"{objective}-cpu", delta, pdir, progress=progress)
+        baseline = f"({architecture_key(pdir)})"  # how the table names the matching scratch rows
         for n in s.n_labels:
             for seed in s.seeds:
                 for mode in s.modes:
@@ -93,7 +99,6 @@ def run_study(s: FewShotStudy, progress: bool = False) -> dict[str, Any]:
                             f"head.name={s.head}", f"train.seed={seed}", *s.finetune_overrides])
                         finetune(pdir, s.finetune_preset, delta, run, mode=mode, n_labels=n, progress=progress)
                         metrics = evaluate(run, s.test, name="test", plots=False)
-                    baseline = f"({scratch_key(pdir)[len('scratch-'):]})"
                     rows.append({"objective": baseline if mode == "scratch" else objective, "mode": mode,
                                  "n_labels": n, "seed": seed, "baseline": baseline,
                                  **{k: metrics[k] for k in METRICS}})
