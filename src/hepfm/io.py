@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from hepfm.errors import HepfmInputError
 
 
 @contextlib.contextmanager
@@ -49,3 +52,78 @@ def json_default(obj: Any) -> Any:
     if isinstance(obj, (tuple, set)):
         return list(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+#: errno values that mean "the output cannot be written" (not a bug): disk full, quota, file too
+#: large, read-only file system, permission, a directory where a file is meant and vice versa.
+OUTPUT_ERRNOS = frozenset({
+    errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR,
+})
+
+
+def is_output_error(err: BaseException) -> bool:
+    """True for the ``OSError`` s a user can cause when writing (disk full, read-only, permissions)."""
+    return isinstance(err, OSError) and err.errno in OUTPUT_ERRNOS
+
+
+def check_output_file(path: str | Path) -> Path:
+    """Refuse, before any work, an output file that cannot be written: an existing directory, a parent
+    that is a file, or a folder without write permission. Creates the missing parent folders."""
+    path = Path(path)
+    if path.is_dir():
+        raise HepfmInputError("is a directory; --out must name a file", path)
+    _check_writable_dir(path.parent, path)
+    return path
+
+
+def check_output_dir(path: str | Path) -> Path:
+    """Refuse, before any work, a run directory that cannot be written (a file, or read-only)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise HepfmInputError("is a file; --out must name a run directory", path)
+    _check_writable_dir(path, path)
+    return path
+
+
+def _check_writable_dir(folder: Path, named: Path) -> None:
+    for parent in (folder, *folder.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise HepfmInputError(f"{parent} is a file, not a folder", named)
+            break
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".hepfm-write-test.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise HepfmInputError(f"cannot write here ({err.strerror})", folder) from None
+
+
+@contextlib.contextmanager
+def output_lock(target: str | Path, *, directory: bool) -> Iterator[None]:
+    """Hold an exclusive lock on an output (a run directory or a file) for the duration of a command.
+
+    A second hepfm process writing to the same output is refused with one line instead of interleaving
+    its steps with the first. The lock is an OS file lock (released by the kernel when a process dies,
+    so a ``kill -9`` never leaves a stale lock); its file is ``<dir>/.hepfm.lock`` for a run directory
+    and ``<file>.lock`` beside an output file.
+    """
+    from filelock import FileLock, Timeout
+
+    target = Path(target)
+    lock_path = target / ".hepfm.lock" if directory else target.with_name(target.name + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(lock_path), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise HepfmInputError("another hepfm process is writing to this output; wait for it or use "
+                              "another --out", target) from None
+    try:
+        yield
+    finally:
+        lock.release()
+        if not directory:  # a file output: do not leave the lock file beside it
+            with contextlib.suppress(OSError):
+                lock_path.unlink()

@@ -10,16 +10,25 @@ import argparse
 import importlib
 import logging
 import sys
+from typing import NoReturn
 
 from hepfm import __version__
 from hepfm.errors import HepfmInputError
+from hepfm.io import is_output_error
 
 #: Subcommand modules, in the order ``hepfm --help`` lists them.
 SUBCOMMANDS = ("generate", "inspect", "convert", "train", "evaluate", "pretrain", "finetune", "embed", "study", "demo")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors in one line (``hepfm train: error: ...``, exit 2), pointing at ``--help``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="hepfm",
         description="Foundation models for particle physics: generate jets, pretrain, finetune, evaluate.",
     )
@@ -45,9 +54,27 @@ def main(argv: list[str] | None = None) -> int:
     except HepfmInputError as err:
         print(f"hepfm {args.command}: error: {err}", file=sys.stderr)
         return err.exit_code
+    except OSError as err:
+        if isinstance(err, BrokenPipeError):  # e.g. `hepfm inspect --json | head`: the reader left
+            _silence_stdout()
+            return 0
+        if not is_output_error(err):
+            raise
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"hepfm {args.command}: error: {where}cannot write output ({err.strerror}); nothing partial was kept",
+              file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"hepfm {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _silence_stdout() -> None:
+    """After a broken pipe, point stdout at /dev/null so the interpreter's final flush cannot fail."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 if __name__ == "__main__":
