@@ -282,9 +282,9 @@ def test_compose_parents_and_sort():
 def test_config_from_dict_validates():
     cfg = AugmentConfig.from_dict({"smear": "0.5", "split_passes": 1, "sort": True})
     assert cfg.smear == 0.5 and cfg.split_passes == 1
-    with pytest.raises(HepfmInputError, match="unknown augment"):
+    with pytest.raises(HepfmInputError, match="unknown option augment.rotation; did you mean augment.rotate"):
         AugmentConfig.from_dict({"rotation": 1})
-    with pytest.raises(HepfmInputError, match="expected bool"):
+    with pytest.raises(HepfmInputError, match="augment.sort: expected true or false"):
         AugmentConfig.from_dict({"sort": "false"})
     with pytest.raises(HepfmInputError, match="probability"):
         AugmentConfig(smear=2.0)

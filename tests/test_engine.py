@@ -148,7 +148,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
 def test_early_stopping(tmp_path):
     ds, val = Blobs(256, 0), Blobs(128, 1)
-    c = cfg(max_steps=400, eval_every=2, early_stop_patience=2, optim={"lr": 0.0})  # lr 0: never improves
+    c = cfg(max_steps=400, eval_every=2, early_stop_patience=2, optim={"lr": 1e-30})  # below float32 resolution: never improves
     res = Trainer(MeanLinear(), c, tmp_path, {"backbone": "x"}).fit(loader(ds), loader(val), progress=False)
     assert res.stopped_early and res.steps == 6
 

@@ -185,7 +185,7 @@ def test_validation_splits_are_reproducible() -> None:
 
 
 def test_options_and_export() -> None:
-    with pytest.raises(HepfmInputError, match="no option"):
+    with pytest.raises(HepfmInputError, match="unknown option objective.options.n_target; did you mean objective.options.n_targets"):
         make_jepa(n_target=2)
     with pytest.raises(HepfmInputError, match="subjet_embedding"):
         make_jepa(subjet_embedding="linear")

@@ -156,7 +156,7 @@ def test_registry_build_and_export():
     assert bb is obj.backbone
     assert not any(name.startswith("projection") for name, _ in bb.named_parameters())
     assert len(obj.projection) == 4  # JetCLR's two head layers: ReLU, Linear, ReLU, Linear
-    with pytest.raises(HepfmInputError, match="unknown jetclr option"):
+    with pytest.raises(HepfmInputError, match="unknown option objective.options.temprature; did you mean objective.options.temperature"):
         small_jetclr(temprature=0.2)
     with pytest.raises(HepfmInputError, match="features"):
         create_objective("jetclr", lambda: create_backbone("transformer-small", 6), kin, {})

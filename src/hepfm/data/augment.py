@@ -44,13 +44,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Any, NamedTuple
 
 import torch
 
 from hepfm.errors import HepfmInputError
+from hepfm.options import from_dict
 
 
 class Augmented(NamedTuple):
@@ -310,21 +311,8 @@ class AugmentConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | AugmentConfig | None) -> AugmentConfig:
-        """From a YAML mapping; unknown keys are a user error."""
-        if isinstance(d, AugmentConfig):
-            return d
-        d = dict(d or {})
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(d) - set(known))
-        if unknown:
-            raise HepfmInputError(f"unknown augment option(s) {unknown} (known: {sorted(known)})")
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            kind = {"bool": bool, "int": int}.get(str(known[k].type), float)
-            if (kind is bool) != isinstance(v, bool):
-                raise HepfmInputError(f"augment.{k}: expected {kind.__name__}, got {v!r}")
-            out[k] = v if kind is bool else kind(v)
-        return cls(**out)
+        """From a YAML mapping; unknown keys and values of the wrong type are a user error."""
+        return from_dict(cls, d, "augment")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -49,7 +49,6 @@ predictor so that the backbone's own pooling (ParT's class-attention blocks) is 
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +65,7 @@ from hepfm.nn.blocks import NormFormerBlock
 from hepfm.objectives.base import Objective, ObjectiveOutput, jet_embedding
 from hepfm.objectives.ema import MOMENTUM_SCHEDULES, ema_update_, make_target, momentum_at
 from hepfm.objectives.registry import OBJECTIVES, BackboneFactory
+from hepfm.options import from_dict
 
 SUBJET_EMBEDDINGS = ("mlp", "attention")
 LOSSES = ("mse", "smooth_l1")
@@ -107,11 +107,7 @@ class JEPAOptions:
 
     @classmethod
     def from_dict(cls, options: dict[str, Any]) -> JEPAOptions:
-        known = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(options) - set(known))
-        if unknown:
-            raise HepfmInputError(f"objective jepa has no option(s) {unknown} (options: {known})")
-        opts = cls(**options)
+        opts = from_dict(cls, options, "objective.options")
         opts.validate()
         return opts
 

@@ -19,7 +19,7 @@ a fixed-seed generator, so the validation loss is comparable between evaluations
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hepfm.contracts import ParticleBatch
-from hepfm.data.augment import AugmentConfig, Augmentation
+from hepfm.data.augment import Augmentation, AugmentConfig
 from hepfm.data.features import FeatureSet
 from hepfm.data.torch_features import compute_features, jet_vector
 from hepfm.errors import HepfmInputError
@@ -35,6 +35,7 @@ from hepfm.losses.contrastive import alignment, nt_xent, positive_similarity, un
 from hepfm.nn.backbone import Backbone
 from hepfm.objectives.base import Objective, ObjectiveOutput, jet_embedding
 from hepfm.objectives.registry import OBJECTIVES, BackboneFactory
+from hepfm.options import from_dict
 
 
 @dataclass
@@ -65,20 +66,8 @@ class JetCLROptions:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> JetCLROptions:
-        """From YAML options; unknown keys are a user error."""
-        d = dict(d or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise HepfmInputError(f"unknown jetclr option(s) {unknown} (known: {sorted(known)})")
-        if "augment" in d:
-            d["augment"] = AugmentConfig.from_dict(d["augment"])
-        if d.get("projection_dims") is not None:
-            d["projection_dims"] = tuple(int(v) for v in d["projection_dims"])
-        for k, t in (("temperature", float), ("symmetric_views", bool), ("eval_seed", int)):
-            if k in d:
-                d[k] = t(d[k])
-        return cls(**d)
+        """From YAML options: unknown keys, wrong types and bad values are one-line user errors."""
+        return from_dict(cls, d, "objective.options")
 
 
 class ProjectionHead(nn.Sequential):

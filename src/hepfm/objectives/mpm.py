@@ -23,7 +23,7 @@ tokens, and a small transformer as the head (2 layers, 8 heads).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -38,6 +38,7 @@ from hepfm.nn.blocks import NormFormerBlock
 from hepfm.objectives.base import Objective, ObjectiveOutput
 from hepfm.objectives.registry import OBJECTIVES, BackboneFactory
 from hepfm.objectives.tokenize import KMeansCodebook
+from hepfm.options import from_dict
 
 ORDERINGS = ("none", "input", "head")
 TARGETS = ("tokens", "regression")
@@ -299,13 +300,10 @@ def build(
     backbone_factory: BackboneFactory, feature_set: FeatureSet, **options: Any
 ) -> MaskedParticleModelling:
     """The registry builder: ``create_objective("mpm", factory, feature_set, options)``."""
-    known = {f.name for f in fields(MPMConfig)}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise HepfmInputError(f"mpm has no option(s) {unknown} (options: {sorted(known)})")
+    config = from_dict(MPMConfig, options, "objective.options")
     backbone = backbone_factory()
     if backbone.in_features != feature_set.dim:
         raise HepfmInputError(
             f"mpm: the backbone takes {backbone.in_features} features, feature set "
             f"{feature_set.name!r} has {feature_set.dim}")
-    return MaskedParticleModelling(backbone, feature_set.dim, MPMConfig(**options))
+    return MaskedParticleModelling(backbone, feature_set.dim, config)

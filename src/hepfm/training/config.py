@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from hepfm.errors import HepfmInputError
+from hepfm.options import from_dict, require
+
+AMP_MODES = ("auto", "bf16", "fp16", "none")
+MONITOR_MODES = ("min", "max")
 
 
 @dataclass
@@ -19,6 +23,18 @@ class OptimConfig:
     lookahead_alpha: float = 0.5
     backbone_lr_scale: float = 1.0  # finetuning: learning-rate multiplier of pretrained parameters
 
+    def __post_init__(self) -> None:
+        from hepfm.training.optim import OPTIMIZERS  # the registry is the list of names (lazy: it imports us)
+
+        OPTIMIZERS.get(self.name)
+        require(self.lr > 0, "train.optim.lr", "must be > 0", self.lr)
+        require(self.weight_decay >= 0, "train.optim.weight_decay", "must be >= 0", self.weight_decay)
+        require(all(0 <= b < 1 for b in self.betas), "train.optim.betas", "must be two numbers in [0, 1)", self.betas)
+        require(self.eps > 0, "train.optim.eps", "must be > 0", self.eps)
+        require(self.lookahead_k >= 1, "train.optim.lookahead_k", "must be >= 1", self.lookahead_k)
+        require(0 < self.lookahead_alpha <= 1, "train.optim.lookahead_alpha", "must be in (0, 1]", self.lookahead_alpha)
+        require(self.backbone_lr_scale >= 0, "train.optim.backbone_lr_scale", "must be >= 0", self.backbone_lr_scale)
+
 
 @dataclass
 class ScheduleConfig:
@@ -27,14 +43,21 @@ class ScheduleConfig:
     min_lr_ratio: float = 0.01
     anneal_start: float = 0.7  # flat-anneal: fraction of steps before decay
 
+    def __post_init__(self) -> None:
+        from hepfm.training.schedules import SCHEDULES
+
+        SCHEDULES.get(self.name)
+        require(self.warmup_steps >= 0, "train.schedule.warmup_steps", "must be >= 0", self.warmup_steps)
+        require(0 <= self.min_lr_ratio <= 1, "train.schedule.min_lr_ratio", "must be in [0, 1]", self.min_lr_ratio)
+        require(0 <= self.anneal_start <= 1, "train.schedule.anneal_start", "must be in [0, 1]", self.anneal_start)
+
 
 @dataclass
 class TrainConfig:
-    """Everything the engine needs; saved resolved beside every run."""
+    """Everything the engine needs; saved resolved beside every run. Values are checked on entry."""
 
     seed: int = 1
     max_steps: int = 1000
-    batch_size: int = 128
     grad_accum: int = 1
     clip_grad: float = 1.0  # 0 disables
     amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 (with grad scaling) | none
@@ -48,52 +71,49 @@ class TrainConfig:
     monitor_mode: str = "min"
     collapse_patience: int = 3  # log intervals in a row with a collapsed representation before stopping
     num_workers: int = 0
-    max_particles: int = 128
     tensorboard: bool = False
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+
+    def __post_init__(self) -> None:
+        require(0 <= self.seed < 2**63, "train.seed", "must be a non-negative integer", self.seed)
+        for key in ("max_steps", "grad_accum", "eval_every", "ckpt_every", "log_every", "collapse_patience"):
+            require(getattr(self, key) >= 1, f"train.{key}", "must be >= 1", getattr(self, key))
+        for key in ("early_stop_patience", "num_workers"):
+            require(getattr(self, key) >= 0, f"train.{key}", "must be >= 0", getattr(self, key))
+        require(self.clip_grad >= 0, "train.clip_grad", "must be >= 0 (0 disables clipping)", self.clip_grad)
+        require(self.amp in AMP_MODES, "train.amp", f"must be one of {', '.join(AMP_MODES)}", self.amp)
+        require(self.monitor_mode in MONITOR_MODES, "train.monitor_mode", "must be min or max", self.monitor_mode)
+        check_device(self.device)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        return _from_dict(cls, d, "train")
+        return from_dict(cls, d, "train")
 
 
-def _from_dict(cls: type, d: dict[str, Any], where: str) -> Any:
-    known = {f.name: f for f in fields(cls)}
-    unknown = set(d) - set(known)
-    if unknown:
-        raise HepfmInputError(f"unknown {where} option(s): {', '.join(sorted(unknown))}")
-    kwargs = {}
-    for name, value in d.items():
-        default = getattr(cls(), name) if name in ("optim", "schedule") else None
-        if default is not None and isinstance(value, dict):
-            value = _from_dict(type(default), value, f"{where}.{name}")
-        elif name == "betas":
-            value = tuple(float(v) for v in value)
-        else:
-            value = _coerce(value, known[name].type, f"{where}.{name}")
-        kwargs[name] = value
-    return cls(**kwargs)
+def check_device(name: str) -> None:
+    """Refuse a device torch cannot parse or this machine does not have, where the value enters."""
+    import torch
 
-
-def _coerce(value: Any, type_name: Any, key: str) -> Any:
-    """Numbers may arrive as strings (YAML 1.1 reads 1e-3 as a string) or ints where floats are meant."""
-    t = str(type_name)
+    if name == "auto":
+        return
     try:
-        if t == "float" and not isinstance(value, bool):
-            return float(value)
-        if t == "int" and not isinstance(value, bool):
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(value)
-        if t == "bool" and not isinstance(value, bool):
-            raise ValueError
-    except (TypeError, ValueError):
-        raise HepfmInputError(f"{key}: expected {t}, got {value!r}") from None
-    return value
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise HepfmInputError(f"train.device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise HepfmInputError(f"train.device {name!r}: no CUDA GPU is available on this machine (use cpu or auto)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise HepfmInputError(f"train.device {name!r}: this machine has {torch.cuda.device_count()} GPU(s)")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise HepfmInputError(f"train.device {name!r}: MPS is not available on this machine")
+    elif dev.type != "cpu":
+        raise HepfmInputError(f"train.device must be auto, cpu, cuda or cuda:N, got {name!r}")
 
 
 def parse_value(raw: str) -> Any:
