@@ -114,7 +114,7 @@ def test_checkpoint_from_another_model(trained, toptag_files, tmp_path, capsys):
     args = ["train", "--data", str(toptag_files["train"]), "--val", str(toptag_files["val"]), "--out", str(other),
             "--backbone", "pfn-small", *FAST]
     msg = one_line_error(capsys, main(args))
-    assert "different model" in msg
+    assert "cannot resume" in msg and "model.backbone" in msg and "--restart" in msg
 
 
 def test_every_train_preset_resolves_and_part_toptag_is_the_part_recipe():

@@ -86,18 +86,21 @@ def check_output_dir(path: str | Path) -> Path:
 
 
 def _check_writable_dir(folder: Path, named: Path) -> None:
-    for parent in (folder, *folder.parents):
-        if parent.exists():
-            if not parent.is_dir():
-                raise HepfmInputError(f"{parent} is a file, not a folder", named)
-            break
+    # probe the folder, or the nearest existing folder above it that would hold it: nothing is created
+    # here, so a command refused later leaves no empty folders behind
+    base = next(parent for parent in (folder, *folder.parents) if parent.exists())
+    if not base.is_dir():
+        raise HepfmInputError(f"{base} is a file, not a folder", named)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".hepfm-write-test.", dir=folder)
+        fd, probe = tempfile.mkstemp(prefix=".hepfm-write-test.", dir=base)
         os.close(fd)
         os.unlink(probe)
     except OSError as err:
-        raise HepfmInputError(f"cannot write here ({err.strerror})", folder) from None
+        raise HepfmInputError(f"cannot write here ({err.strerror})", base) from None
+
+
+#: The lock file inside a locked run directory.
+LOCK_NAME = ".hepfm.lock"
 
 
 @contextlib.contextmanager
@@ -112,7 +115,7 @@ def output_lock(target: str | Path, *, directory: bool) -> Iterator[None]:
     from filelock import FileLock, Timeout
 
     target = Path(target)
-    lock_path = target / ".hepfm.lock" if directory else target.with_name(target.name + ".lock")
+    lock_path = target / LOCK_NAME if directory else target.with_name(target.name + ".lock")
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(lock_path), timeout=0)
     try:
@@ -127,3 +130,38 @@ def output_lock(target: str | Path, *, directory: bool) -> Iterator[None]:
         if not directory:  # a file output: do not leave the lock file beside it
             with contextlib.suppress(OSError):
                 lock_path.unlink()
+
+
+#: Bytes hashed at each end of a file by :func:`file_identity`.
+IDENTITY_BYTES = 1 << 20
+
+
+def file_identity(path: str | Path) -> str:
+    """SHA-256 of a file's size, first and last MiB: cheap on 100 GB files, and different for any two
+    generated or converted jet files (their headers and chunk data differ), so a run or a study cell can
+    tell that an input changed even where size and name did not. Not a full-content checksum."""
+    import hashlib
+
+    path = Path(path)
+    h = hashlib.sha256()
+    size = path.stat().st_size
+    h.update(str(size).encode())
+    with open(path, "rb") as fh:
+        h.update(fh.read(IDENTITY_BYTES))
+        if size > 2 * IDENTITY_BYTES:
+            fh.seek(size - IDENTITY_BYTES)
+            h.update(fh.read(IDENTITY_BYTES))
+        elif size > IDENTITY_BYTES:
+            h.update(fh.read())
+    return h.hexdigest()
+
+
+def sha256_file(path: str | Path) -> str:
+    """Full SHA-256 of a file (weights files: small enough to hash whole, and worth it)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

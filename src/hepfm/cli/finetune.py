@@ -31,6 +31,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--device")
     p.add_argument("--skip-bad", action="store_true")
+    p.add_argument("--restart", action="store_true",
+                   help="discard the run already in --out (its checkpoints, metrics, weights) and start over")
     p.add_argument("-o", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
@@ -51,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         items.append("data.skip_bad=true")
     delta = apply_overrides({}, items + list(args.overrides))
     s = finetune(args.pretrained, args.preset, delta, args.out, mode=args.mode, n_labels=args.n_labels,
-                 progress=not args.no_progress)
+                 restart=args.restart, progress=not args.no_progress)
     print(f"{args.mode}: {s['steps']} steps in {s['seconds']:.0f} s; best val {s['best_metric']:.4f} at step "
           f"{s['best_step']}; labels per class {s['per_class']}; run dir {s['run_dir']}")
     return 0

@@ -31,6 +31,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device")
     p.add_argument("--streaming", action="store_true", help="stream from disk (data larger than memory)")
     p.add_argument("--skip-bad", action="store_true")
+    p.add_argument("--restart", action="store_true",
+                   help="discard the run already in --out (its checkpoints, metrics, weights) and start over")
     p.add_argument("-o", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="dotted override, e.g. objective.options.temperature=0.1")
     p.add_argument("--no-progress", action="store_true")
@@ -49,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
         extra["data.skip_bad"] = True
     args.head = None
     preset = args.preset or f"{args.objective}-cpu"
-    s = pretrain(preset, flags_to_delta(args, extra), args.out, progress=not args.no_progress)
+    s = pretrain(preset, flags_to_delta(args, extra), args.out, restart=args.restart,
+                 progress=not args.no_progress)
     print(f"pretrained {s['objective']} for {s['steps']} steps in {s['seconds']:.0f} s "
           f"({s['jets_per_second']:.0f} jets/s); backbone -> {s['run_dir']}/backbone.safetensors")
     print(json.dumps({k: s[k] for k in ("best_metric", "best_step")}))

@@ -33,6 +33,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--streaming", action="store_true", help="stream training data from disk (bigger than memory)")
     p.add_argument("--skip-bad", action="store_true", help="skip bad jets instead of stopping")
     p.add_argument("--no-resume", action="store_true", help="refuse to continue an existing run")
+    p.add_argument("--restart", action="store_true",
+                   help="discard the run already in --out (its checkpoints, metrics, weights) and start over")
     p.add_argument("-o", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="dotted override, e.g. train.optim.name=ranger (repeatable)")
     p.add_argument("--no-progress", action="store_true")
@@ -60,14 +62,15 @@ def run(args: argparse.Namespace) -> int:
     from hepfm.errors import HepfmInputError
     from hepfm.workflows.classify import train
 
-    if args.no_resume and (Path(args.out) / "checkpoints" / "last.pt").exists():
+    if args.no_resume and not args.restart and (Path(args.out) / "checkpoints" / "last.pt").exists():
         raise HepfmInputError("run directory already holds a run (drop --no-resume to continue it)", args.out)
     extra = {"data.train": args.data, "data.val": args.val}
     if args.streaming:
         extra["data.streaming"] = True
     if args.skip_bad:
         extra["data.skip_bad"] = True
-    summary = train(args.preset, flags_to_delta(args, extra), args.out, progress=not args.no_progress)
+    summary = train(args.preset, flags_to_delta(args, extra), args.out, restart=args.restart,
+                    progress=not args.no_progress)
     print(f"trained {summary['steps']} steps in {summary['seconds']:.0f} s ({summary['jets_per_second']:.0f} jets/s); "
           f"best val {summary['best_metric']:.4f} at step {summary['best_step']}; run dir {summary['run_dir']}")
     return 0

@@ -46,6 +46,10 @@ def probe_metrics(emb: np.ndarray, labels: np.ndarray, seed: int = 0) -> dict[st
     return {"knn_accuracy": float(knn.score(b, labels[te])), "linear_probe_accuracy": float(lin.score(b, labels[te]))}
 
 
+#: Fewest jets a 2-D map is drawn for (t-SNE's perplexity must stay below the number of points).
+MIN_MAP_JETS = 20
+
+
 def embedding_map(path: Path, emb: np.ndarray, labels: np.ndarray | None, class_names: tuple[str, ...],
                   method: str = "tsne", seed: int = 0) -> str:
     """Write a 2-D map of the embeddings; returns the method used."""

@@ -5,6 +5,10 @@
   through the registries, with no pickled code.
 * Training state for exact resume: ``last.pt`` (model, optimizer, scaler, step, data position,
   RNG states, best metric). Both are written atomically.
+
+Both are checked on load, because a flipped or zeroed block inside a tensor still loads and silently
+changes every score: the JSON records the SHA-256 of its weights file (``weights_sha256``), and
+``last.pt`` ends with the SHA-256 of the bytes before it (a 40-byte trailer).
 """
 
 from __future__ import annotations
@@ -19,9 +23,13 @@ import torch
 from torch import nn
 
 from hepfm.errors import HepfmInputError
-from hepfm.io import atomic_path, write_json_atomic
+from hepfm.io import atomic_path, sha256_file, write_json_atomic
 
 WEIGHTS_SUFFIX = ".safetensors"
+#: The JSON key holding the SHA-256 of the weights file beside it.
+CHECKSUM_KEY = "weights_sha256"
+#: ``last.pt`` trailer: this tag, then the 32-byte SHA-256 of everything before the trailer.
+STATE_TRAILER = b"hepfmsha"
 
 
 def save_weights(stem: Path, model: nn.Module, spec: dict[str, Any]) -> Path:
@@ -31,7 +39,8 @@ def save_weights(stem: Path, model: nn.Module, spec: dict[str, Any]) -> Path:
     path = stem.with_suffix(WEIGHTS_SUFFIX)
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata={"hepfm_spec": json.dumps(spec)})
-    write_json_atomic(stem.with_suffix(".json"), spec)
+        digest = sha256_file(tmp)
+    write_json_atomic(stem.with_suffix(".json"), spec | {CHECKSUM_KEY: digest})
     return path
 
 
@@ -40,7 +49,7 @@ def read_weights(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tens
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    path = Path(path)
+    original = path = Path(path)
     if path.is_dir():
         for cand in (path / "best.safetensors", path / "checkpoints" / "best.safetensors", path / "model.safetensors"):
             if cand.exists():
@@ -51,12 +60,18 @@ def read_weights(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tens
     if path.suffix != WEIGHTS_SUFFIX:
         path = path.with_suffix(WEIGHTS_SUFFIX)
     if not path.exists():
+        if not original.exists():
+            raise HepfmInputError("no such run directory or weights file", original)
         raise HepfmInputError("checkpoint not found", path)
     spec_path = path.with_suffix(".json")
     try:
-        state = load_file(str(path))
         spec = json.loads(spec_path.read_text())
-    except (SafetensorError, OSError, json.JSONDecodeError, ValueError) as err:
+        recorded = spec.pop(CHECKSUM_KEY, None)
+        if recorded is not None and sha256_file(path) != recorded:
+            raise HepfmInputError(f"weights do not match the checksum recorded in {spec_path.name} "
+                                  "(the file is corrupted or was modified)", path)
+        state = load_file(str(path))
+    except (SafetensorError, OSError, json.JSONDecodeError, ValueError, AttributeError) as err:
         raise HepfmInputError(f"corrupt or unreadable checkpoint ({str(err).splitlines()[0]})", path) from None
     return spec, state, path
 
@@ -95,12 +110,33 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_training_state(path: Path, state: dict[str, Any]) -> None:
-    with atomic_path(path, suffix=".pt") as tmp:
-        torch.save(state, tmp)
+    import hashlib
+    import io
+
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    payload = buf.getbuffer()
+    with atomic_path(path, suffix=".pt") as tmp, open(tmp, "wb") as fh:
+        fh.write(payload)
+        fh.write(STATE_TRAILER + hashlib.sha256(payload).digest())
 
 
 def load_training_state(path: Path) -> dict[str, Any]:
+    """The training state of ``last.pt``, its trailer checked (files without one, from older hepfm, load)."""
+    import hashlib
+    import io
+
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        data = path.read_bytes()
+        n = len(STATE_TRAILER) + 32
+        if data[-n:-32] == STATE_TRAILER:
+            payload = memoryview(data)[:-n]
+            if hashlib.sha256(payload).digest() != data[-32:]:
+                raise HepfmInputError("cannot resume: the training state does not match its checksum "
+                                      "(corrupted; --restart starts over)", path)
+            data = payload
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+    except HepfmInputError:
+        raise
     except Exception as err:  # noqa: BLE001 - any unpickling failure is a corrupt file
         raise HepfmInputError(f"cannot resume: corrupt training state ({type(err).__name__})", path) from None

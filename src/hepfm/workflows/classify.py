@@ -9,9 +9,9 @@ rebuild it), and ``eval/<test>/metrics.json`` + plots from ``hepfm evaluate``.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,6 +19,7 @@ import torch
 
 from hepfm import __version__
 from hepfm.configs import load_preset, merge_run_config
+from hepfm.configs.sections import DataConfig, ModelConfig, section, split_sections
 from hepfm.data.features import FEATURE_SETS, FeatureSet
 from hepfm.data.formats import open_sources
 from hepfm.data.loader import make_loader
@@ -30,51 +31,15 @@ from hepfm.models import create_backbone
 from hepfm.objectives.supervised import Supervised
 from hepfm.training import checkpoint as ckpt
 from hepfm.training.config import TrainConfig
-from hepfm.training.engine import Trainer
-from hepfm.workflows.provenance import data_provenance, write_run_header
+from hepfm.training.engine import Trainer, seed_everything
+from hepfm.workflows.provenance import data_provenance, run_directory, write_run_header
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class DataConfig:
-    train: list[str] = field(default_factory=list)
-    val: list[str] = field(default_factory=list)
-    features: str = "kin"
-    max_particles: int = 128
-    batch_size: int = 128
-    n_train: int | None = None
-    n_val: int | None = None
-    streaming: bool = False
-    skip_bad: bool = False
-
-
-@dataclass
-class ModelConfig:
-    backbone: str = "part"
-    head: str = "linear"
-    backbone_options: dict[str, Any] = field(default_factory=dict)
-    head_options: dict[str, Any] = field(default_factory=dict)
-
-
-def _section(cls: type, d: dict[str, Any], name: str) -> Any:
-    known = {f.name for f in fields(cls)}
-    unknown = set(d) - known
-    if unknown:
-        raise HepfmInputError(f"unknown {name} option(s): {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})")
-    return cls(**d)
-
-
 def resolve_config(preset: str, delta: dict[str, Any]) -> tuple[DataConfig, ModelConfig, TrainConfig]:
-    d = merge_run_config(load_preset("train", preset), delta)
-    unknown = set(d) - {"data", "model", "train"}
-    if unknown:
-        raise HepfmInputError(f"unknown config section(s): {', '.join(sorted(unknown))} (sections: data, model, train)")
-    data = _section(DataConfig, d.get("data", {}), "data")
-    model = _section(ModelConfig, d.get("model", {}), "model")
-    train = TrainConfig.from_dict(d.get("train", {}) | {"batch_size": data.batch_size,
-                                                        "max_particles": data.max_particles})
-    return data, model, train
+    d = split_sections(merge_run_config(load_preset("train", preset), delta), ("data", "model", "train"))
+    return section(DataConfig, d, "data"), section(ModelConfig, d, "model"), TrainConfig.from_dict(d.get("train", {}))
 
 
 # -- models from specs
@@ -129,6 +94,26 @@ def _class_names(sources: list[Any], what: str) -> tuple[str, ...]:
     return names.pop()
 
 
+def check_train_classes(sources: list[Any], n_jets: int | None, block: int = 65536) -> None:
+    """Refuse training files whose (first ``n_jets``) jets all carry one label: a classifier learns
+    nothing from them. Stops at the second class seen, so a normal file costs one block's read."""
+    seen: set[int] = set()
+    left = n_jets if n_jets is not None else sum(len(s) for s in sources)
+    for s in sources:
+        for start in range(0, len(s), block):
+            if left <= 0:
+                break
+            label = s.read(start, min(len(s), start + block, start + left)).label
+            left -= len(label)
+            seen |= set(np.unique(label).tolist())
+            if len(seen) > 1:
+                return
+    raise HepfmInputError(
+        f"the training set holds a single class ({sorted(seen)}): a classifier needs jets of at least two classes",
+        ", ".join(str(s.path) for s in sources),
+    )
+
+
 def _check_val_classes(loader: Any, n_classes: int, path: Any) -> None:
     seen: set[int] = set()
     for batch in loader:
@@ -141,37 +126,41 @@ def _check_val_classes(loader: Any, n_classes: int, path: Any) -> None:
     )
 
 
-def train(preset: str, delta: dict[str, Any], out: str | Path, *, resume: bool = True,
+def train(preset: str, delta: dict[str, Any], out: str | Path, *, resume: bool = True, restart: bool = False,
           progress: bool = True) -> dict[str, Any]:
-    """Train a supervised tagger; returns the fit summary. Re-running into the same ``out`` resumes."""
+    """Train a supervised tagger; returns the fit summary. Re-running into the same ``out`` resumes
+    (with the same settings and data only); ``restart`` discards the previous run first."""
     data, model, tcfg = resolve_config(preset, delta)
-    out = Path(out)
     if not data.train or not data.val:
         raise HepfmInputError("training needs --data (training files) and --val (validation files)")
-    fs = FEATURE_SETS.get(data.features)
-    train_src = open_sources(data.train, max_particles=data.max_particles, skip_bad=data.skip_bad)
-    val_src = open_sources(data.val, max_particles=data.max_particles, skip_bad=data.skip_bad)
-    class_names = _class_names(train_src, "training")
-    if _class_names(val_src, "validation") != class_names:
-        raise HepfmInputError("validation classes differ from the training classes", val_src[0].path)
-    for s in (*train_src, *val_src):
-        fs.check_fields(_available_fields(s), s.path)
-    train_loader = make_loader(train_src, fs, data.batch_size, streaming=data.streaming, shuffle=True,
-                               seed=tcfg.seed, num_workers=tcfg.num_workers, max_particles=data.max_particles,
-                               n_jets=data.n_train, drop_last=True)
-    val_loader = make_loader(val_src, fs, data.batch_size, streaming=False, shuffle=False,
-                             max_particles=data.max_particles, n_jets=data.n_val, rank=0, world_size=1)
-    _check_val_classes(val_loader, len(class_names), val_src[0].path)
+    out = Path(out)
+    with run_directory(out, restart=restart):
+        seed_everything(tcfg.seed)  # before the model is built: its initial weights are part of the run
+        fs = FEATURE_SETS.get(data.features)
+        train_src = open_sources(data.train, max_particles=data.max_particles, skip_bad=data.skip_bad)
+        val_src = open_sources(data.val, max_particles=data.max_particles, skip_bad=data.skip_bad)
+        class_names = _class_names(train_src, "training")
+        if _class_names(val_src, "validation") != class_names:
+            raise HepfmInputError("validation classes differ from the training classes", val_src[0].path)
+        for s in (*train_src, *val_src):
+            fs.check_fields(_available_fields(s), s.path)
+        check_train_classes(train_src, data.n_train)
+        train_loader = make_loader(train_src, fs, data.batch_size, streaming=data.streaming, shuffle=True,
+                                   seed=tcfg.seed, num_workers=tcfg.num_workers, max_particles=data.max_particles,
+                                   n_jets=data.n_train, drop_last=True)
+        val_loader = make_loader(val_src, fs, data.batch_size, streaming=False, shuffle=False,
+                                 max_particles=data.max_particles, n_jets=data.n_val, rank=0, world_size=1)
+        _check_val_classes(val_loader, len(class_names), val_src[0].path)
 
-    spec = model_spec(model, fs, class_names, data.max_particles)
-    objective = build_classifier(spec)
-    resolved = {"data": asdict(data), "model": asdict(model), "train": tcfg.to_dict()}
-    write_run_header(out, resolved, preset, train_src, val_src,
-                     n_parameters=sum(p.numel() for p in objective.parameters()))
-    trainer = Trainer(objective, tcfg, out, spec, validation_metrics(class_names))
-    res = trainer.fit(train_loader, val_loader, resume=resume, progress=progress)
-    summary = asdict(res) | {"run_dir": str(out), "n_parameters": sum(p.numel() for p in objective.parameters())}
-    write_json_atomic(out / "train_summary.json", summary)
+        spec = model_spec(model, fs, class_names, data.max_particles)
+        objective = build_classifier(spec)
+        resolved = {"data": asdict(data), "model": asdict(model), "train": tcfg.to_dict()}
+        write_run_header(out, resolved, preset, train_src, val_src,
+                         n_parameters=sum(p.numel() for p in objective.parameters()))
+        trainer = Trainer(objective, tcfg, out, spec, validation_metrics(class_names))
+        res = trainer.fit(train_loader, val_loader, resume=resume, progress=progress)
+        summary = asdict(res) | {"run_dir": str(out), "n_parameters": sum(p.numel() for p in objective.parameters())}
+        write_json_atomic(out / "train_summary.json", summary)
     return summary
 
 
@@ -184,6 +173,12 @@ def _available_fields(source: Any) -> set[str]:
 
 
 # -- evaluation
+def check_folder_name(name: str, option: str) -> None:
+    """An output folder name must stay inside the run directory: one path component, not '.' or '..'."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise HepfmInputError(f"{option} must be a plain folder name (no '/', not '..'), got {name!r}")
+
+
 @torch.no_grad()
 def predict(model: Supervised, spec: dict[str, Any], patterns: list[str], batch_size: int = 256,
             skip_bad: bool = False, device: str = "cpu") -> tuple[np.ndarray, np.ndarray, list[Any]]:
@@ -212,12 +207,19 @@ def evaluate(run_dir: str | Path, patterns: list[str], *, name: str | None = Non
              skip_bad: bool = False, plots: bool = True) -> dict[str, Any]:
     """Metrics (accuracy, auc, rej30, rej50, n_jets) of a run's best model on test files, plus plots."""
     run_dir = Path(run_dir)
+    if name is not None:
+        check_folder_name(name, "--name")
+    if batch_size < 1:
+        raise HepfmInputError(f"--batch-size must be >= 1, got {batch_size}")
     model, spec = load(run_dir)
     logits, labels, sources = predict(model, spec, patterns, batch_size, skip_bad)
     class_names = tuple(spec["class_names"])
-    metrics = classification_metrics(logits, labels, class_names)
+    try:
+        metrics = classification_metrics(logits, labels, class_names)
+    except HepfmInputError as err:  # e.g. test data with one class: name the data
+        raise HepfmInputError(err.problem, ", ".join(str(s.path) for s in sources)) from None
     name = name or Path(sources[0].path).stem
-    out = run_dir / "eval" / name
+    out = (run_dir if run_dir.is_dir() else run_dir.parent) / "eval" / name
     metrics |= {"checkpoint_step": spec.get("step"), "data": data_provenance(sources)}
     write_json_atomic(out / "metrics.json", metrics)
     if plots:

@@ -12,12 +12,12 @@ from hepfm.data.features import FeatureSet
 from hepfm.data.formats import open_sources
 from hepfm.data.loader import make_loader
 from hepfm.errors import HepfmInputError
-from hepfm.evaluation.representation import diagnostics, embedding_map
+from hepfm.evaluation.representation import MIN_MAP_JETS, diagnostics, embedding_map
 from hepfm.io import write_json_atomic
 from hepfm.models import create_backbone
 from hepfm.objectives.base import jet_embedding
 from hepfm.training import checkpoint as ckpt
-from hepfm.workflows.classify import _available_fields
+from hepfm.workflows.classify import _available_fields, check_folder_name
 
 
 def load_backbone(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any], Path]:
@@ -40,6 +40,13 @@ def load_backbone(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any], Pa
 @torch.no_grad()
 def embed(run: str | Path, patterns: list[str], *, n_jets: int = 2000, name: str | None = None,
           method: str = "tsne", plot: bool = True) -> dict[str, Any]:
+    if n_jets < 1:
+        raise HepfmInputError(f"--n-jets must be >= 1, got {n_jets}")
+    if plot and n_jets < MIN_MAP_JETS:
+        raise HepfmInputError(f"--n-jets {n_jets} is too few for an embedding map (at least {MIN_MAP_JETS}); "
+                              "use more jets or --no-plot")
+    if name is not None:
+        check_folder_name(name, "--name")
     model, spec, file = load_backbone(run)
     fs = FeatureSet.from_dict(spec["features"])
     sources = open_sources(patterns, max_particles=spec["max_particles"])
@@ -51,7 +58,12 @@ def embed(run: str | Path, patterns: list[str], *, n_jets: int = 2000, name: str
         embs.append(jet_embedding(model(batch)).float().numpy())
         if batch.label is not None:
             labels.append(batch.label.numpy())
+    if not embs:
+        raise HepfmInputError("the data hold no jets", sources[0].path)
     emb = np.concatenate(embs)
+    if plot and len(emb) < MIN_MAP_JETS:
+        raise HepfmInputError(f"only {len(emb)} jets, too few for an embedding map (at least {MIN_MAP_JETS}); "
+                              "use --no-plot", sources[0].path)
     y = np.concatenate(labels) if labels else None
     result = diagnostics(emb, y)
     out = Path(run) if Path(run).is_dir() else Path(run).parent

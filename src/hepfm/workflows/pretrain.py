@@ -14,9 +14,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-
 from hepfm import __version__
 from hepfm.configs import load_preset, merge_run_config
+from hepfm.configs.sections import DataConfig, ModelConfig, ObjectiveConfig, section, split_sections
 from hepfm.data.features import FEATURE_SETS
 from hepfm.data.formats import open_sources
 from hepfm.data.loader import make_loader
@@ -26,28 +26,18 @@ from hepfm.models import create_backbone
 from hepfm.objectives.registry import create_objective
 from hepfm.training import checkpoint as ckpt
 from hepfm.training.config import TrainConfig
-from hepfm.training.engine import Trainer
-from hepfm.workflows.classify import DataConfig, ModelConfig, _available_fields, _class_names, _section
-from hepfm.workflows.provenance import write_run_header
+from hepfm.training.engine import Trainer, seed_everything
+from hepfm.workflows.classify import _available_fields, _class_names
+from hepfm.workflows.provenance import resuming, run_directory, write_run_header
 
 log = logging.getLogger(__name__)
 PREPARE_JETS = 20_000  # jets shown to Objective.prepare (e.g. fitting an MPM codebook)
 
 
-def resolve(preset: str, delta: dict[str, Any]) -> tuple[DataConfig, ModelConfig, dict[str, Any], TrainConfig]:
-    d = merge_run_config(load_preset("pretrain", preset), delta)
-    unknown = set(d) - {"data", "model", "objective", "train"}
-    if unknown:
-        raise HepfmInputError(f"unknown config section(s): {', '.join(sorted(unknown))}")
-    data = _section(DataConfig, d.get("data", {}), "data")
-    model = _section(ModelConfig, d.get("model", {}), "model")
-    objective = dict(d.get("objective", {}))
-    if "name" not in objective:
-        raise HepfmInputError("no objective given (--objective NAME)")
-    objective.setdefault("options", {})
-    train = TrainConfig.from_dict(d.get("train", {}) | {"batch_size": data.batch_size,
-                                                        "max_particles": data.max_particles})
-    return data, model, objective, train
+def resolve(preset: str, delta: dict[str, Any]) -> tuple[DataConfig, ModelConfig, ObjectiveConfig, TrainConfig]:
+    d = split_sections(merge_run_config(load_preset("pretrain", preset), delta), ("data", "model", "objective", "train"))
+    return (section(DataConfig, d, "data"), section(ModelConfig, d, "model"), section(ObjectiveConfig, d, "objective"),
+            TrainConfig.from_dict(d.get("train", {})))
 
 
 def backbone_spec(model: ModelConfig, fs: Any, max_particles: int) -> dict[str, Any]:
@@ -56,49 +46,53 @@ def backbone_spec(model: ModelConfig, fs: Any, max_particles: int) -> dict[str, 
             "features": fs.to_dict(), "max_particles": max_particles}
 
 
-def pretrain(preset: str, delta: dict[str, Any], out: str | Path, *, progress: bool = True) -> dict[str, Any]:
+def pretrain(preset: str, delta: dict[str, Any], out: str | Path, *, restart: bool = False,
+             progress: bool = True) -> dict[str, Any]:
     data, model, obj_cfg, tcfg = resolve(preset, delta)
-    out = Path(out)
     if not data.train:
         raise HepfmInputError("pretraining needs --data files")
-    fs = FEATURE_SETS.get(data.features)
-    supervised = obj_cfg["name"] == "supervised"
-    srcs = open_sources(data.train, max_particles=data.max_particles, skip_bad=data.skip_bad)
-    val_srcs = open_sources(data.val, max_particles=data.max_particles, skip_bad=data.skip_bad) if data.val else []
-    for s in (*srcs, *val_srcs):
-        fs.check_fields(_available_fields(s), s.path)
-    if supervised:
-        names = _class_names(srcs, "training")
-        obj_cfg["options"].setdefault("num_classes", len(names))
-    bb_spec = backbone_spec(model, fs, data.max_particles)
-    objective = create_objective(
-        obj_cfg["name"], lambda: create_backbone(model.backbone, fs.dim, **model.backbone_options), fs,
-        obj_cfg["options"])
-    train_loader = make_loader(srcs, fs, data.batch_size, streaming=data.streaming, shuffle=True, seed=tcfg.seed,
-                               num_workers=tcfg.num_workers, max_particles=data.max_particles,
-                               n_jets=data.n_train, drop_last=True)
-    val_loader = (make_loader(val_srcs, fs, data.batch_size, shuffle=False, max_particles=data.max_particles,
-                              n_jets=data.n_val, rank=0, world_size=1) if val_srcs else None)
-    if not supervised:
-        train_loader = _without_labels(train_loader)
-        val_loader = _without_labels(val_loader) if val_loader is not None else None
-    prepare = getattr(objective, "prepare", None)
-    if callable(prepare) and not (out / "checkpoints" / "last.pt").exists():
-        n_batches = max(1, PREPARE_JETS // data.batch_size)
-        prepare(list(itertools.islice(iter(train_loader), n_batches)))
+    out = Path(out)
+    with run_directory(out, restart=restart):
+        seed_everything(tcfg.seed)  # before the objective is built: its initial weights are part of the run
+        fs = FEATURE_SETS.get(data.features)
+        supervised = obj_cfg.name == "supervised"
+        srcs = open_sources(data.train, max_particles=data.max_particles, skip_bad=data.skip_bad)
+        val_srcs = open_sources(data.val, max_particles=data.max_particles, skip_bad=data.skip_bad) if data.val else []
+        for s in (*srcs, *val_srcs):
+            fs.check_fields(_available_fields(s), s.path)
+        options = dict(obj_cfg.options)
+        if supervised:
+            names = _class_names(srcs, "training")
+            options.setdefault("num_classes", len(names))
+        bb_spec = backbone_spec(model, fs, data.max_particles)
+        objective = create_objective(
+            obj_cfg.name, lambda: create_backbone(model.backbone, fs.dim, **model.backbone_options), fs, options)
+        train_loader = make_loader(srcs, fs, data.batch_size, streaming=data.streaming, shuffle=True, seed=tcfg.seed,
+                                   num_workers=tcfg.num_workers, max_particles=data.max_particles,
+                                   n_jets=data.n_train, drop_last=True)
+        val_loader = (make_loader(val_srcs, fs, data.batch_size, shuffle=False, max_particles=data.max_particles,
+                                  n_jets=data.n_val, rank=0, world_size=1) if val_srcs else None)
+        if not supervised:
+            train_loader = _without_labels(train_loader)
+            val_loader = _without_labels(val_loader) if val_loader is not None else None
+        prepare = getattr(objective, "prepare", None)
+        if callable(prepare) and not resuming(out):
+            n_batches = max(1, PREPARE_JETS // data.batch_size)
+            prepare(list(itertools.islice(iter(train_loader), n_batches)))
 
-    spec = {"objective": obj_cfg["name"], "objective_options": obj_cfg["options"], **bb_spec}
-    resolved = {"data": asdict(data), "model": asdict(model), "objective": obj_cfg, "train": tcfg.to_dict()}
-    n_params = sum(p.numel() for p in objective.export_backbone().parameters())
-    write_run_header(out, resolved, preset, srcs, val_srcs, n_backbone_parameters=n_params)
-    trainer = Trainer(objective, tcfg, out, spec)
-    res = trainer.fit(train_loader, val_loader, progress=progress)
-    # export the selected backbone (best on validation loss, or the final one without --val)
-    _, state, file = ckpt.read_weights(out / "best")
-    ckpt.load_state_into(objective, state, file)
-    ckpt.save_weights(out / "backbone", objective.export_backbone(), bb_spec | {"pretrained_with": obj_cfg["name"]})
-    summary = asdict(res) | {"run_dir": str(out), "n_backbone_parameters": n_params, "objective": obj_cfg["name"]}
-    write_json_atomic(out / "train_summary.json", summary)
+        spec = {"objective": obj_cfg.name, "objective_options": options, **bb_spec}
+        resolved = {"data": asdict(data), "model": asdict(model), "objective": {"name": obj_cfg.name, "options": options},
+                    "train": tcfg.to_dict()}
+        n_params = sum(p.numel() for p in objective.export_backbone().parameters())
+        write_run_header(out, resolved, preset, srcs, val_srcs, n_backbone_parameters=n_params)
+        trainer = Trainer(objective, tcfg, out, spec)
+        res = trainer.fit(train_loader, val_loader, progress=progress)
+        # export the selected backbone (best on validation loss, or the final one without --val)
+        _, state, file = ckpt.read_weights(out / "best")
+        ckpt.load_state_into(objective, state, file)
+        ckpt.save_weights(out / "backbone", objective.export_backbone(), bb_spec | {"pretrained_with": obj_cfg.name})
+        summary = asdict(res) | {"run_dir": str(out), "n_backbone_parameters": n_params, "objective": obj_cfg.name}
+        write_json_atomic(out / "train_summary.json", summary)
     return summary
 
 
