@@ -153,7 +153,21 @@ def test_fewshot_study_table_and_resume(pretrained, toptag_files, tmp_path, caps
     assert "| 40 | jetclr | finetune | 2 |" in (out / "results.md").read_text()
     stamp = (out / "finetune" / "jetclr" / "finetune" / "n40" / "seed1" / "best.safetensors").stat().st_mtime_ns
     assert main(args) == 0  # finished runs are reused, not retrained
-    assert (out / "finetune" / "jetclr" / "finetune" / "n40" / "seed1" / "best.safetensors").stat().st_mtime_ns == stamp
+    cell = out / "finetune" / "jetclr" / "finetune" / "n40" / "seed1"
+    assert (cell / "best.safetensors").stat().st_mtime_ns == stamp
+    # another test file: the cells are re-evaluated (not retrained) and the table reports the new file
+    test2 = tmp_path / "test2.h5"
+    shutil.copy(f["val"], test2)
+    args2 = [a if a != str(f["test"]) else str(test2) for a in args]
+    assert main(args2) == 0
+    assert (cell / "best.safetensors").stat().st_mtime_ns == stamp
+    used = json.loads((cell / "eval" / "test" / "metrics.json").read_text())["data"]
+    assert [d["path"] for d in used] == [str(test2.resolve())]
+    # another step count: the cells are trained again with it, not reported from the old runs
+    args3 = [a if a != "train.max_steps=8" else "train.max_steps=6" for a in args2]
+    assert main(args3) == 0
+    assert (cell / "best.safetensors").stat().st_mtime_ns != stamp
+    assert json.loads((cell / "train_summary.json").read_text())["steps"] == 6
 
 
 def test_scratch_baseline_is_shared_only_by_identical_architectures(tmp_path):

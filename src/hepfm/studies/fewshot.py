@@ -5,6 +5,12 @@ pretrained backbone (``finetune`` and ``frozen`` modes) and train the same archi
 on the same N class-balanced labels; evaluate all on the same test files. Results are aggregated as
 mean +- std over seeds into ``results.json`` and a Markdown table ``results.md``. Every finished
 piece is skipped when the study is re-run, so an interrupted study resumes.
+
+Cells are keyed, not just named: each run directory holds ``cell.json`` with a hash of everything
+that determines it (the preset merged with the overrides, mode, N, seed, the pretrained weights'
+checksum, the identities of its input files). A re-run with another config or other files re-runs
+the cells that changed (``--restart`` of that run) instead of reporting stale rows; evaluations are
+reused only for the same test files.
 """
 
 from __future__ import annotations
@@ -18,11 +24,23 @@ from typing import Any
 
 import numpy as np
 
-from hepfm.io import atomic_path, write_json_atomic
-from hepfm.training.config import apply_overrides
+from hepfm.configs import load_preset, merge
+from hepfm.configs.sections import FinetuneConfig, section, split_sections
+from hepfm.data.formats import expand_patterns
+from hepfm.io import (
+    atomic_path,
+    check_output_dir,
+    file_identity,
+    json_default,
+    output_lock,
+    write_json_atomic,
+)
+from hepfm.options import require
+from hepfm.training.config import TrainConfig, apply_overrides
 from hepfm.workflows.classify import evaluate
-from hepfm.workflows.finetune import finetune
+from hepfm.workflows.finetune import MODES, finetune
 from hepfm.workflows.pretrain import pretrain
+from hepfm.workflows.pretrain import resolve as resolve_pretrain
 
 log = logging.getLogger(__name__)
 METRICS = ("accuracy", "auc", "rej50", "rej30")
@@ -44,6 +62,34 @@ class FewShotStudy:
     finetune_preset: str = "cpu-small"
     finetune_overrides: list[str] = field(default_factory=list)
     head: str = "linear"
+
+    def __post_init__(self) -> None:
+        """Check the whole grid before hours of pretraining: a bad value fails here, not in the last cell."""
+        self.out = Path(self.out)
+        for key, values in (("--objectives", self.objectives), ("--modes", self.modes),
+                            ("--n-labels", self.n_labels), ("--seeds", self.seeds)):
+            require(len(values) > 0, key, "needs at least one value", values)
+        for mode in self.modes:
+            require(mode in MODES, "--modes", f"must be among {', '.join(MODES)}", mode)
+        for n in self.n_labels:
+            require(n >= 1, "--n-labels", "must be >= 1", n)
+        for seed in self.seeds:
+            require(seed >= 0, "--seeds", "must be >= 0", seed)
+        check_output_dir(self.out)
+        for objective in self.objectives:
+            resolve_pretrain(self.pretrain_preset or f"{objective}-cpu", self._pretrain_delta(objective))
+        d = split_sections(merge(load_preset("finetune", self.finetune_preset), self._finetune_delta(self.seeds[0])),
+                           ("data", "head", "finetune", "train"))
+        section(FinetuneConfig, d, "finetune")
+        TrainConfig.from_dict(d.get("train", {}))
+
+    def _pretrain_delta(self, objective: str) -> dict[str, Any]:
+        return apply_overrides({}, [f"data.train={json.dumps(self.pretrain_data)}", f"objective.name={objective}",
+                                    *self.pretrain_overrides])
+
+    def _finetune_delta(self, seed: int) -> dict[str, Any]:
+        return apply_overrides({}, [f"data.train={json.dumps(self.train)}", f"data.val={json.dumps(self.val)}",
+                                    f"head.name={self.head}", f"train.seed={seed}", *self.finetune_overrides])
 
     def pretrain_dir(self, objective: str) -> Path:
         return self.out / "pretrain" / objective
@@ -71,33 +117,74 @@ def scratch_key(pretrained: Path) -> str:
     return f"scratch-{architecture_key(pretrained)}"
 
 
-def _done(run: Path) -> dict[str, Any] | None:
+def identities(patterns: list[str]) -> list[tuple[str, str]]:
+    """(resolved path, content identity) of every file the patterns match."""
+    return [(str(p.resolve()), file_identity(p)) for p in expand_patterns(patterns)]
+
+
+def claim_cell(run: Path, inputs: dict[str, Any]) -> bool:
+    """Record the cell's key in ``run/cell.json``; True if the directory holds a run of other inputs,
+    which must then start over. A run without ``cell.json`` (placed there by hand, as the main job does
+    with a pretraining) is adopted: its own resume checks still refuse other settings or data."""
+    key = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=json_default).encode()).hexdigest()
+    path = run / "cell.json"
+    try:
+        stale = path.exists() and json.loads(path.read_text()).get("key") != key
+    except (ValueError, AttributeError):  # unreadable: the run behind it cannot be trusted either
+        stale = True
+    if stale:
+        log.info("%s was run with other inputs: running it again", run)
+    write_json_atomic(path, {"key": key, "inputs": inputs})
+    return stale
+
+
+def _evaluated(run: Path, test: list[tuple[str, str]]) -> dict[str, Any] | None:
+    """The cell's test metrics, if they were computed on exactly these test files."""
     path = run / "eval" / "test" / "metrics.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    metrics = json.loads(path.read_text())
+    used = [(d.get("path"), d.get("sha256_head_tail")) for d in metrics.get("data", [])]
+    return metrics if used == test else None
 
 
 def run_study(s: FewShotStudy, progress: bool = False) -> dict[str, Any]:
     s.out.mkdir(parents=True, exist_ok=True)
+    with output_lock(s.out, directory=True):
+        return _run_study(s, progress)
+
+
+def _run_study(s: FewShotStudy, progress: bool) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
+    data = {"train": identities(s.train), "val": identities(s.val)}
+    test = identities(s.test)
     for objective in s.objectives:
         pdir = s.pretrain_dir(objective)
-        if not (pdir / "backbone.safetensors").exists():
+        preset = s.pretrain_preset or f"{objective}-cpu"
+        delta = s._pretrain_delta(objective)
+        stale = claim_cell(pdir, {"config": merge(load_preset("pretrain", preset), delta),
+                                  "data": identities(s.pretrain_data)})
+        if stale or not (pdir / "backbone.safetensors").exists():
             log.info("pretraining %s -> %s", objective, pdir)
-            delta = apply_overrides({}, [f"data.train={json.dumps(s.pretrain_data)}", f"objective.name={objective}",
-                                         *s.pretrain_overrides])
-            pretrain(s.pretrain_preset or f"{objective}-cpu", delta, pdir, progress=progress)
+            pretrain(preset, delta, pdir, restart=stale, progress=progress)
+        backbone = json.loads((pdir / "backbone.json").read_text())
         baseline = f"({architecture_key(pdir)})"  # how the table names the matching scratch rows
         for n in s.n_labels:
             for seed in s.seeds:
                 for mode in s.modes:
                     run = s.finetune_dir(objective, mode, n, seed)
-                    metrics = _done(run)
+                    delta = s._finetune_delta(seed)
+                    # scratch cells depend on the architecture only (shared by objectives), the others
+                    # on the pretrained weights too
+                    origin = baseline if mode == "scratch" else backbone.get("weights_sha256")
+                    stale = claim_cell(run, {"config": merge(load_preset("finetune", s.finetune_preset), delta),
+                                             "mode": mode, "n_labels": n, "backbone": origin, "data": data})
+                    metrics = None if stale else _evaluated(run, test)
                     if metrics is None:
                         log.info("%s %s n=%d seed=%d -> %s", objective, mode, n, seed, run)
-                        delta = apply_overrides({}, [
-                            f"data.train={json.dumps(s.train)}", f"data.val={json.dumps(s.val)}",
-                            f"head.name={s.head}", f"train.seed={seed}", *s.finetune_overrides])
-                        finetune(pdir, s.finetune_preset, delta, run, mode=mode, n_labels=n, progress=progress)
+                        if stale or not (run / "best.safetensors").exists() or not (run / "train_summary.json").exists():
+                            finetune(pdir, s.finetune_preset, delta, run, mode=mode, n_labels=n, restart=stale,
+                                     progress=progress)
                         metrics = evaluate(run, s.test, name="test", plots=False)
                     rows.append({"objective": baseline if mode == "scratch" else objective, "mode": mode,
                                  "n_labels": n, "seed": seed, "baseline": baseline,

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from hepfm.generation.job import GenerationJob, run_job
+from hepfm.options import require
 from hepfm.studies.fewshot import FewShotStudy, cost_lines, markdown_table, run_study
 
 log = logging.getLogger(__name__)
@@ -25,17 +26,10 @@ def demo(out: str | Path, *, workers: int = 2, seed: int = 1, objective: str = "
          pretrain_steps: int = 1200, finetune_steps: int = 200, backbone: str = "part-small", max_particles: int = 32,
          progress: bool = True) -> dict[str, Any]:
     out = Path(out)
+    require(workers >= 1, "--workers", "must be >= 1", workers)
     t0 = time.perf_counter()
-    files = {}
-    for name, n, labeled, offset in FILES:
-        path = out / "data" / f"{name}.h5"
-        if not path.exists():
-            log.info("generating %s (%d jets)", path, n)
-            run_job(GenerationJob("toptag", n, path, seed=seed + offset, labeled=labeled, shard_size=500),
-                    workers=workers, progress=progress)
-        files[name] = [str(path)]
-    t_gen = time.perf_counter() - t0
-    study = FewShotStudy(
+    files = {name: [str(out / "data" / f"{name}.h5")] for name, *_ in FILES}
+    study = FewShotStudy(  # built first: it checks every option before minutes of generation
         out=out / "study", pretrain_data=files["pretrain"], train=files["train"], val=files["val"],
         test=files["test"], objectives=[objective], modes=["finetune", "scratch"], n_labels=[n_labels],
         seeds=[seed],
@@ -43,6 +37,13 @@ def demo(out: str | Path, *, workers: int = 2, seed: int = 1, objective: str = "
                             f"data.max_particles={max_particles}"],
         finetune_overrides=[f"train.max_steps={finetune_steps}"],
     )
+    jobs = [GenerationJob("toptag", n, files[name][0], seed=seed + offset, labeled=labeled, shard_size=500)
+            for name, n, labeled, offset in FILES]
+    for job in jobs:
+        if not job.out.exists():
+            log.info("generating %s (%d jets)", job.out, job.n_jets)
+            run_job(job, workers=workers, progress=progress)
+    t_gen = time.perf_counter() - t0
     result = run_study(study, progress=progress)
     result["seconds"] = {"generation": t_gen, "total": time.perf_counter() - t0}
     return result | {"markdown": markdown_table(result["table"]) + cost_lines(result["pretraining"])}
