@@ -56,13 +56,13 @@ def parse_mix(text: str) -> dict[str, float]:
 def run(args: argparse.Namespace) -> int:
     from hepfm.generation.job import GenerationJob, run_job
 
+    if args.workers < 1:
+        raise HepfmInputError(f"--workers must be >= 1, got {args.workers}")
     job = GenerationJob(
         dataset=args.dataset, n_jets=args.n_jets, out=args.out, seed=args.seed, detector=args.detector,
         fmt=args.fmt, labeled=not args.unlabeled, mix=parse_mix(args.mix), shard_size=args.shard_size,
         batch_events=args.batch_events, extra_settings=tuple(args.extra),
     )
-    if args.workers < 1:
-        raise HepfmInputError(f"--workers must be >= 1, got {args.workers}")
     summary = run_job(job, workers=args.workers, restart=args.restart, progress=not args.no_progress)
     if args.json:
         print(json.dumps({"out": str(job.out), "class_counts": summary["class_counts"],

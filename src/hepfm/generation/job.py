@@ -4,16 +4,22 @@ Determinism: each shard's Pythia seed derives from (seed, class, shard index) on
 on the seed and the job's options, not on how many workers ran it or in which order they finished.
 Interruption: finished shards are kept (each written atomically) in ``<out>.parts/`` beside the
 output; running the same command again resumes from them, ``restart=True`` discards them. The
-output itself appears only once complete (temp file + rename).
+output itself appears only once complete (temp file + rename). A lock file ``<out>.lock`` keeps a
+second run off the same output, and worker processes die with the main process.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
+import re
 import shutil
+import signal
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
@@ -28,8 +34,8 @@ from hepfm.data.jets import JetChunk
 from hepfm.errors import HepfmInputError
 from hepfm.generation.detector import DETECTORS
 from hepfm.generation.processes import DATASETS, PROCESSES
-from hepfm.generation.worker import ShardTask, pythia_settings, run_shard
-from hepfm.io import atomic_path
+from hepfm.generation.worker import ShardTask, check_pythia_settings, pythia_settings, run_shard
+from hepfm.io import atomic_path, check_output_file, is_output_error, output_lock, write_json_atomic
 
 log = logging.getLogger(__name__)
 MAX_PYTHIA_SEED = 900_000_000
@@ -57,6 +63,12 @@ class GenerationJob:
         DETECTORS.get(self.detector)
         if self.n_jets <= 0:
             raise HepfmInputError(f"--n-jets must be positive, got {self.n_jets}")
+        if self.shard_size <= 0:
+            raise HepfmInputError(f"--shard-size must be positive, got {self.shard_size}")
+        if self.batch_events <= 0:
+            raise HepfmInputError(f"--batch-events must be positive, got {self.batch_events}")
+        if self.seed < 0:  # shard seeds come from np.random.SeedSequence, which takes non-negative ints
+            raise HepfmInputError(f"--seed must be >= 0, got {self.seed}")
         unknown = set(self.mix) - set(spec.class_names)
         if unknown:
             raise HepfmInputError(
@@ -64,6 +76,8 @@ class GenerationJob:
             )
         if any(w < 0 for w in self.mix.values()) or (self.mix and sum(self.mix.values()) <= 0):
             raise HepfmInputError("class weights in --mix must be >= 0 with a positive sum")
+        self.extra_settings = tuple(self.extra_settings)
+        check_pythia_settings(self.extra_settings)
 
     def class_counts(self) -> dict[str, int]:
         names = DATASETS.get(self.dataset).class_names
@@ -161,11 +175,44 @@ def _part_stats(path: Path) -> dict:
         return json.loads(str(z["stats"]))
 
 
-def _worker_init() -> None:
-    # Workers have nothing to say on stdout (the parent's may be --json output); FastJet's banner is
-    # already muted by quiet_fastjet, this also catches anything Pythia prints despite Print:quiet.
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def _worker_init(parent_pid: int) -> None:
+    """Set up a worker process: silent stdout, and death with the main process.
+
+    Workers have nothing to say on stdout (the parent's may be --json output); FastJet's banner is
+    already muted by quiet_fastjet, this also catches anything Pythia prints despite Print:quiet.
+    """
+    _die_with_parent(parent_pid)
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Make this worker exit when the main process dies, even by SIGKILL.
+
+    An idle pool worker blocks forever on its task queue (it holds both ends of the pipe, so it never
+    sees end-of-file): a killed ``hepfm generate`` would leave its workers behind. On Linux the kernel
+    sends SIGKILL on the parent's death (PR_SET_PDEATHSIG); a thread polling the parent pid covers
+    other systems and the window before prctl took effect.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):  # no usable libc: the watcher thread alone does the job
+            pass
+    if os.getppid() != parent_pid:  # the parent died before prctl: no signal will come
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent_pid,), name="hepfm-parent-watch", daemon=True).start()
+
+
+def _watch_parent(parent_pid: int, interval: float = 1.0) -> None:
+    """Exit the process once it is re-parented (its parent died); the portable PDEATHSIG."""
+    while os.getppid() == parent_pid:
+        time.sleep(interval)
+    os._exit(1)
 
 
 def _run_and_save(task: ShardTask, path: Path) -> dict:
@@ -181,24 +228,38 @@ def _prepare_parts_dir(job: GenerationJob, restart: bool) -> Path:
     if parts.exists() and restart:
         shutil.rmtree(parts)
     if manifest.exists():
-        if json.loads(manifest.read_text()) != fingerprint:
+        try:
+            previous = json.loads(manifest.read_text())
+        except (ValueError, UnicodeDecodeError):
+            previous = None
+        if previous != fingerprint:
             raise HepfmInputError(
                 f"unfinished generation with different options in {parts}; rerun with --restart to discard it",
                 job.out,
             )
     else:
         parts.mkdir(parents=True, exist_ok=True)
-        manifest.write_text(json.dumps(fingerprint, indent=2))
+        write_json_atomic(manifest, fingerprint)  # atomic: a full disk must not leave half a manifest
     return parts
 
 
 def run_job(job: GenerationJob, workers: int = 1, restart: bool = False, progress: bool = True) -> dict:
-    """Generate the file described by ``job``; returns its provenance plus timing stats."""
-    from tqdm import tqdm
+    """Generate the file described by ``job``; returns its provenance plus timing stats.
 
+    The output is checked for writability and locked before any work, so a bad ``--out`` or a second
+    run on the same output is refused at once instead of after generating everything.
+    """
     from hepfm.data.formats import WRITERS
 
     WRITERS.get(job.fmt)
+    check_output_file(job.out)
+    with output_lock(job.out, directory=False):
+        return _run_locked(job, workers, restart, progress)
+
+
+def _run_locked(job: GenerationJob, workers: int, restart: bool, progress: bool) -> dict:
+    from tqdm import tqdm
+
     parts = _prepare_parts_dir(job, restart)
     tasks = job.tasks()
     stats: dict[str, dict] = {}
@@ -215,22 +276,60 @@ def run_job(job: GenerationJob, workers: int = 1, restart: bool = False, progres
     bar = tqdm(total=job.n_jets, initial=done_jets, unit="jet", desc=f"generate {job.dataset}",
                disable=not progress, file=sys.stderr, dynamic_ncols=True)
     with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=get_context("spawn"),
-                             initializer=_worker_init) as pool:
+                             initializer=_worker_init, initargs=(os.getpid(),)) as pool:
         futures = {pool.submit(_run_and_save, t, _part_path(parts, t)): t for t in todo}
-        for fut in as_completed(futures):
-            t = futures[fut]
-            stats[_part_path(parts, t).stem] = fut.result()
-            bar.update(t.n_jets)
-    bar.close()
+        try:
+            for fut in as_completed(futures):
+                t = futures[fut]
+                stats[_part_path(parts, t).stem] = fut.result()
+                bar.update(t.n_jets)
+        except BaseException as err:
+            # Without this, leaving the block would still run every queued shard before reporting.
+            pool.shutdown(wait=True, cancel_futures=True)
+            if isinstance(err, OSError) and is_output_error(err):
+                raise HepfmInputError(
+                    f"cannot write generated shards ({os.strerror(err.errno)}); the finished ones are kept "
+                    "and a rerun resumes from them", parts,
+                ) from None
+            raise
+        finally:
+            bar.close()
 
     from hepfm.data.formats import write_jets
 
     meta = provenance(job, stats)
-    n = write_jets(job.out, _merged_chunks(job, tasks, parts), job.fmt, meta)
+    try:
+        n = write_jets(job.out, _merged_chunks(job, tasks, parts), job.fmt, meta)
+    except (OSError, RuntimeError) as err:
+        code = _write_errno(err)
+        if code is None:
+            raise
+        raise HepfmInputError(
+            f"cannot write output ({os.strerror(code)}); nothing partial was kept, and the finished "
+            f"shards in {parts.name}/ make a rerun skip the generation", job.out,
+        ) from None
     if n != job.n_jets:
         raise RuntimeError(f"wrote {n} jets, expected {job.n_jets}")
     shutil.rmtree(parts)
     return meta | {"timing": _timing(stats, job)}
+
+
+#: HDF5's driver report inside an h5py error: "... file write failed: ..., errno = 28, error message = ..."
+_HDF5_ERRNO = re.compile(r"\berrno = (\d+)")
+
+
+def _write_errno(err: BaseException) -> int | None:
+    """The errno of a failed write if it is the user's (disk full, quota, ...), else None (a bug).
+
+    h5py does not always carry the errno: after a failed write HDF5 reports it only in its message
+    (as a ``RuntimeError`` or an ``OSError`` with another errno), so that message is read too.
+    """
+    if isinstance(err, OSError) and err.errno is not None and is_output_error(err):
+        return err.errno
+    match = _HDF5_ERRNO.search(str(err))
+    if match and is_output_error(OSError(int(match.group(1)), "")):
+        return int(match.group(1))
+    return None
 
 
 def _merged_chunks(job: GenerationJob, tasks: list[ShardTask], parts: Path) -> Iterator[JetChunk]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hepfm.data.jets import JetChunk
+from hepfm.errors import HepfmInputError
 from hepfm.generation.detector import DETECTORS, apply_detector
 from hepfm.generation.substructure import substructure
 from hepfm.generation.processes import DATASETS, PROCESSES, DatasetSpec, Process
@@ -47,6 +48,26 @@ def pythia_settings(spec: DatasetSpec, proc: Process, seed: int, extra: tuple[st
         f"Random:seed = {seed}",
         *extra,
     ]
+
+
+def check_pythia_settings(lines: tuple[str, ...]) -> None:
+    """Refuse, in the calling process and before any generation, a ``--set`` line Pythia would reject.
+
+    Otherwise the error would surface only inside a worker, after Pythia's start-up, as a traceback.
+    Pythia silently reads a blank line or one not starting with a letter or digit (``! ...``) as a
+    comment, so such lines are refused too.
+    """
+    if not lines:
+        return
+    import pythia8mc
+
+    pythia = pythia8mc.Pythia("", False)  # a throwaway instance: readString changes its settings
+    for line in lines:
+        if not line.strip()[:1].isalnum():
+            raise HepfmInputError(f"--set {line!r}: expected a Pythia setting 'Key = value'")
+        if not pythia.readString(line, False):
+            raise HepfmInputError(f"--set {line!r}: Pythia does not accept this setting "
+                                  "(unknown key or bad value)")
 
 
 def _decay_hook(accept):  # type: ignore[no-untyped-def]
