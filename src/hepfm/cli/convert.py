@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from hepfm.cli.inspect import _positive_int
+from hepfm.cli.inspect import positive_int
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -24,7 +24,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("inputs", nargs="+", metavar="IN", help="input files or glob patterns")
     p.add_argument("--to", required=True, choices=sorted(WRITERS.names()), help="output format")
     p.add_argument("--out", required=True, help="output file")
-    p.add_argument("--max-jets", type=_positive_int, metavar="N", help="convert at most N jets")
+    p.add_argument("--max-jets", type=positive_int, metavar="N", help="convert at most N jets")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run)
     return p

@@ -7,7 +7,8 @@ import json
 import sys
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """argparse ``type`` for counts such as ``--max-jets`` (shared with ``hepfm convert``)."""
     try:
         value = int(text)
     except ValueError:
@@ -30,11 +31,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("files", nargs="+", metavar="FILE", help="files or glob patterns (quote the patterns)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--skip-bad", action="store_true", help="skip bad jets and report how many per reason")
-    p.add_argument("--max-jets", type=_positive_int, metavar="N", help="read at most N jets of each file")
+    p.add_argument("--max-jets", type=positive_int, metavar="N", help="read at most N jets of each file")
     p.add_argument("--format", metavar="NAME", help="force a format (hepfm, toptag-h5, jetclass-root)")
     p.add_argument(
         "--chunk-size",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="jets per read (default 10000; bounds memory)",

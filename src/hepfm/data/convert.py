@@ -7,12 +7,14 @@ files can be re-packed into hepfm's compressed, chunked format for faster stream
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 from hepfm.data.formats import expand_patterns, open_source, write_jets
 from hepfm.data.jets import JetChunk
 from hepfm.errors import HepfmInputError
+from hepfm.io import check_output_file, output_lock
 
 #: Jets per read while converting (bounds memory).
 CHUNK_JETS = 10_000
@@ -30,13 +32,33 @@ def convert_files(
 
     The readers validate every chunk (NaN/inf, empty jets, bad labels are errors naming the file
     and jet), so a converted file is clean. The output appears atomically: on an error nothing is
-    left behind. Returns a summary dict.
+    left behind. Before any work ``out`` is refused if it is one of the inputs (the rename would
+    replace that input), a directory or not writable, and it is locked so that a second conversion
+    into the same file is refused instead of racing this one. Returns a summary dict.
     """
     paths = expand_patterns(inputs)
     if not paths:
         raise HepfmInputError("no input files given")
+    out = Path(out).expanduser()
+    for p in paths:
+        if out.exists() and p.exists() and os.path.samefile(p, out):
+            raise HepfmInputError("is also an input: converting would replace it; choose another --out", out)
+    check_output_file(out)
+    with output_lock(out, directory=False):
+        return _convert(paths, out, format, max_jets, chunk_jets)
+
+
+def _convert(paths: list[Path], out: Path, format: str, max_jets: int | None, chunk_jets: int) -> dict:
+    """:func:`convert_files` once its output is checked and locked."""
     sources = [open_source(p, max_particles=None) for p in paths]  # every particle, no cap
-    names = {tuple(s.class_names) for s in sources if s.has_labels}
+    labeled = [s for s in sources if s.has_labels]
+    if labeled and len(labeled) < len(sources):
+        unlabeled = next(s for s in sources if not s.has_labels)
+        raise HepfmInputError(
+            f"has no labels but {labeled[0].path} has: convert labeled and unlabeled files separately",
+            unlabeled.path,
+        )
+    names = {tuple(s.class_names) for s in labeled}
     if len(names) > 1:
         raise HepfmInputError(f"input files have different classes: {sorted(names)}", paths[0])
     total = sum(len(s) for s in sources)

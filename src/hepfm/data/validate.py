@@ -8,6 +8,11 @@ A jet is bad, in this order of precedence (each bad jet is counted once, under i
 
 ``nonfinite``
     NaN or inf in its four-momenta, in a per-particle field or in a per-jet field.
+``momentum_out_of_range``
+    A real particle with |px|, |py|, |pz| or E above :data:`MAX_MOMENTUM` (1e5 GeV = 100 TeV, far
+    above any collider jet; a file in MeV trips it), or such a component in the whole-jet sums
+    that a particle cap keeps (``jets["constituents_p4"]``). Finite but absurd values would
+    overflow float32 in the features (squares, sums, masses) and end as inf/NaN or tracebacks.
 ``empty``
     No constituents at all.
 ``mask_not_contiguous``
@@ -18,16 +23,19 @@ A jet is bad, in this order of precedence (each bad jet is counted once, under i
     A particle with E < 0.
 ``energy_below_momentum``
     A particle with E < |p| beyond float32 rounding (|p| - E > 1e-3 |p| + 1e-4 GeV).
-``label_not_one_hot`` / ``label_not_0_1`` / ``label_out_of_range``
+``label_not_one_hot`` / ``label_not_0_1`` / ``label_not_integer`` / ``label_out_of_range``
     Readers cannot put an invalid label into an integer class index, so they store one of the
-    negative codes below; any other index outside ``[0, len(class_names))`` is out of range.
+    negative codes below (a label is never cast: 0.9 must not become class 0); any other index
+    outside ``[0, len(class_names))`` is out of range. :func:`labels_from_values` and
+    :func:`labels_from_one_hot` turn a file's label values into indices and codes.
 
 Cost: :func:`validate_and_sort` (what every reader's ``read`` runs) first makes one blocked,
 cache-sized pass over only the arrays that were read (:func:`all_good_and_sorted`), with conditions
-that are never looser than the checks above; if every jet passes (the normal case) the chunk is
-returned as is, otherwise the exact, per-reason :func:`sort_by_pt` + :func:`check_chunk` decide.
-So a good chunk costs about 0.7 us per jet of 128 slots instead of 2.3, and a bad one gets exactly
-the same verdict, message and counts as before.
+that are never looser than the checks above (it bounds E by 0.99 :data:`MAX_MOMENTUM`, which with
+its E >= |p| test bounds every component below the limit); if every jet passes (the normal case)
+the chunk is returned as is, otherwise the exact, per-reason :func:`sort_by_pt` +
+:func:`check_chunk` decide. So a good chunk costs about 0.7 us per jet of 128 slots instead of
+2.3, and a bad one gets exactly the same verdict, message and counts as before.
 
 The module also holds two helpers every reader shares: :func:`sort_by_pt` (the in-memory layout is
 pT-descending) and :func:`read_errors` (turns low-level h5py/uproot/zlib failures into
@@ -44,13 +52,22 @@ from pathlib import Path
 
 import numpy as np
 
-from hepfm.data.jets import JetChunk
+from hepfm.data.jets import FULL_JET_P4, JetChunk
 from hepfm.errors import HepfmInputError
 
 #: JetClass: the ``label_*`` branches of a jet are not exactly one 1 and otherwise 0.
 LABEL_NOT_ONE_HOT = -1
 #: Top Tagging: ``is_signal_new`` is neither 0 nor 1.
 LABEL_NOT_0_1 = -2
+#: hepfm HDF5: a ``label`` value that is not a whole number (0.9, NaN, inf).
+LABEL_NOT_INTEGER = -3
+#: hepfm HDF5: a whole-number ``label`` outside ``[0, number of classes)``, e.g. -1 (kept apart from
+#: the codes above so that it is reported as out of range).
+LABEL_INVALID_INDEX = -4
+
+#: Largest |px|, |py|, |pz| and E (GeV) of a real particle: 100 TeV, far above any collider jet and
+#: far below where float32 squares and sums overflow (1.8e19).
+MAX_MOMENTUM = 1e5
 
 #: Relative and absolute (GeV) tolerance of the E >= |p| check.
 ENERGY_RTOL = 1e-3
@@ -59,6 +76,7 @@ ENERGY_ATOL = 1e-4
 #: Reasons, in the order they are checked.
 REASONS = (
     "nonfinite",
+    "momentum_out_of_range",
     "empty",
     "mask_not_contiguous",
     "padding_not_zero",
@@ -66,10 +84,22 @@ REASONS = (
     "energy_below_momentum",
     "label_not_one_hot",
     "label_not_0_1",
+    "label_not_integer",
     "label_out_of_range",
 )
 
+#: The label reasons that readers store as a negative code, with their codes.
+_LABEL_CODES = {
+    "label_not_one_hot": LABEL_NOT_ONE_HOT,
+    "label_not_0_1": LABEL_NOT_0_1,
+    "label_not_integer": LABEL_NOT_INTEGER,
+}
+
 _MESSAGES = {
+    "momentum_out_of_range": (
+        f"particle with |px|, |py|, |pz| or E above {MAX_MOMENTUM:g} GeV (100 TeV; absurd for a jet, "
+        "or the file is not in GeV)"
+    ),
     "empty": "jet has no constituents",
     "mask_not_contiguous": "padding slot between real particles (particles must fill the leading slots)",
     "padding_not_zero": "non-zero momenta in a padding slot",
@@ -77,6 +107,7 @@ _MESSAGES = {
     "energy_below_momentum": "particle with energy below its momentum |p| (E < |p|)",
     "label_not_one_hot": "label_* values are not exactly one-hot (none or several set, or not 0/1)",
     "label_not_0_1": "is_signal_new is neither 0 nor 1",
+    "label_not_integer": "label is not a whole number (labels are class indices)",
     "label_out_of_range": "label is not a valid class index",
 }
 
@@ -117,6 +148,13 @@ def bad_jet_flags(chunk: JetChunk) -> tuple[dict[str, np.ndarray], list[tuple[np
     p4 = chunk.p4
     flags: dict[str, np.ndarray] = {}
     flags["nonfinite"], sources = _nonfinite(chunk)
+    with np.errstate(invalid="ignore"):  # NaN compares False here; "nonfinite" reports it
+        big = mask & (np.abs(p4) > MAX_MOMENTUM).any(axis=-1)
+        flags["momentum_out_of_range"] = big.any(axis=1)
+        full = chunk.jets.get(FULL_JET_P4)
+        if full is not None:
+            big_sum = np.abs(full) > MAX_MOMENTUM
+            flags["momentum_out_of_range"] |= big_sum.reshape(len(chunk), -1).any(axis=1)
     flags["empty"] = ~mask.any(axis=1)
     flags["mask_not_contiguous"] = (mask[:, 1:] & ~mask[:, :-1]).any(axis=1)
     flags["padding_not_zero"] = (slot_nonzero(p4) & ~mask).any(axis=1)
@@ -129,18 +167,50 @@ def bad_jet_flags(chunk: JetChunk) -> tuple[dict[str, np.ndarray], list[tuple[np
     flags["energy_below_momentum"] = (mask & below).any(axis=1)
     n = len(chunk)
     if chunk.label is None:
-        for r in ("label_not_one_hot", "label_not_0_1", "label_out_of_range"):
+        for r in (*_LABEL_CODES, "label_out_of_range"):
             flags[r] = np.zeros(n, dtype=bool)
     else:
         lab = chunk.label
-        flags["label_not_one_hot"] = lab == LABEL_NOT_ONE_HOT
-        flags["label_not_0_1"] = lab == LABEL_NOT_0_1
-        flags["label_out_of_range"] = (
-            ((lab < 0) | (lab >= len(chunk.class_names)))
-            & ~flags["label_not_one_hot"]
-            & ~flags["label_not_0_1"]
-        )
+        coded = np.zeros(n, dtype=bool)
+        for r, code in _LABEL_CODES.items():
+            flags[r] = lab == code
+            coded |= flags[r]
+        flags["label_out_of_range"] = ((lab < 0) | (lab >= len(chunk.class_names))) & ~coded
     return flags, sources
+
+
+def labels_from_values(raw: np.ndarray, n_classes: int) -> np.ndarray:
+    """(n,) int64 class indices from a file's per-jet label values, of any numeric dtype.
+
+    Never a cast (which turns 0.9 into class 0): whole numbers in ``[0, n_classes)`` are kept,
+    other whole numbers become :data:`LABEL_INVALID_INDEX` and anything else (0.9, NaN, inf)
+    :data:`LABEL_NOT_INTEGER`, so that :func:`check_chunk` names the jet.
+    """
+    raw = np.asarray(raw)
+    if raw.dtype == np.bool_:
+        raw = raw.astype(np.int64)
+    out = np.full(raw.shape, LABEL_INVALID_INDEX, dtype=np.int64)
+    with np.errstate(invalid="ignore"):
+        if np.issubdtype(raw.dtype, np.integer):
+            whole = np.ones(raw.shape, dtype=bool)
+        else:
+            whole = np.isfinite(raw) & (np.floor(raw) == raw)
+        ok = whole & (raw >= 0) & (raw < n_classes)
+    out[~whole] = LABEL_NOT_INTEGER
+    out[ok] = raw[ok]
+    return out
+
+
+def labels_from_one_hot(onehot: np.ndarray) -> np.ndarray:
+    """(n,) int64 class indices from (n, K) one-hot rows of any numeric dtype; a row that is not
+    exactly one 1 and otherwise 0 (none set, several, 0.9, NaN) becomes :data:`LABEL_NOT_ONE_HOT`."""
+    onehot = np.asarray(onehot)
+    with np.errstate(invalid="ignore"):
+        ok = ((onehot == 0) | (onehot == 1)).all(axis=1) & ((onehot == 1).sum(axis=1) == 1)
+    out = np.full(len(onehot), LABEL_NOT_ONE_HOT, dtype=np.int64)
+    if ok.any():
+        out[ok] = np.argmax(onehot[ok] == 1, axis=1)
+    return out
 
 
 def check_chunk(
@@ -193,6 +263,9 @@ def check_chunk(
 SCAN_BLOCK = 2048
 #: (1 - rtol/2)^2: the fast scan accepts E + atol >= (1 - rtol/2)|p|, stricter than the exact check.
 _K2 = np.float32((1.0 - ENERGY_RTOL / 2) ** 2)
+#: The fast scan accepts (E + atol)^2 <= (0.99 MAX_MOMENTUM)^2 only: with E + atol >= (1 - rtol/2)|p|
+#: that puts E and |p| (so |px|, |py|, |pz|) 1% below the limit, far beyond float32 rounding.
+_FAST_EA_MAX = np.float32((0.99 * MAX_MOMENTUM) ** 2)
 
 
 def _finite_sum(a: np.ndarray) -> bool:
@@ -223,8 +296,10 @@ def _block_good(p4: np.ndarray, mask: np.ndarray) -> bool:
         ea *= ea
         if not (ea >= tmp).all():  # E < |p| (within tolerance), NaN or inf in px/py/pz
             return False
-    if not _finite_sum(ea):  # E = +inf, or E^2 overflowing float32, passes the comparison above
-        return False
+        # E near or above MAX_MOMENTUM, E = +inf or E^2 overflowing float32 (which pass the comparison
+        # above); the bound on E also bounds |p| through that comparison
+        if not ea.max() <= _FAST_EA_MAX:
+            return False
     # padding slots all zero (NaN != 0 counts as non-zero)
     nonzero = np.ascontiguousarray(p4 != 0).view(np.uint32).reshape(mask.shape) != 0
     return not (nonzero > mask).any()
@@ -234,9 +309,10 @@ def all_good_and_sorted(chunk: JetChunk) -> bool:
     """True if every jet of ``chunk`` is pT-sorted and passes every check of :func:`check_chunk`.
 
     One blocked pass with conditions at least as strict as the exact checks (E >= 0, E + 1e-4 >=
-    (1 - rtol/2)|p|, finite, zero padding, prefix mask, no empty jet, finite particle and jet
-    fields, labels in range): True guarantees that the exact path would neither reorder nor flag
-    anything; False only means "let the exact path decide".
+    (1 - rtol/2)|p|, E + 1e-4 <= 0.99 :data:`MAX_MOMENTUM`, finite, zero padding, prefix mask, no
+    empty jet, finite particle and jet fields, whole-jet sums within the limit, labels in range):
+    True guarantees that the exact path would neither reorder nor flag anything; False only means
+    "let the exact path decide".
     """
     n = len(chunk)
     if n == 0:
@@ -254,6 +330,9 @@ def all_good_and_sorted(chunk: JetChunk) -> bool:
         for arr in group.values():
             if np.issubdtype(arr.dtype, np.floating) and not _finite_sum(arr):
                 return False
+    full = chunk.jets.get(FULL_JET_P4)
+    if full is not None and full.size and not np.abs(full).max() <= MAX_MOMENTUM:
+        return False
     p4 = chunk.p4
     if p4.dtype != np.float32:  # the scan's tolerances and pT order are those of float32
         return False

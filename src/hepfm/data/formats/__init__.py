@@ -17,6 +17,7 @@ magic bytes, then by structure (hepfm attributes, a pandas ``table`` key, a TTre
 
 from __future__ import annotations
 
+import errno
 import glob
 import os
 from collections.abc import Callable, Iterable
@@ -60,6 +61,8 @@ WRITERS.add("hepfm", write_hepfm)
 WRITERS.add("toptag-h5", write_toptag)
 WRITERS.add("jetclass-root", write_jetclass)
 
+#: Write errors that mean "no room": disk full, quota, file-size limit.
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 #: The container each built-in format lives in.
 _CONTAINERS = {"hepfm": "hdf5", "toptag-h5": "hdf5", "jetclass-root": "root"}
 _ARTICLE = {"hdf5": "an HDF5", "root": "a ROOT"}
@@ -205,9 +208,17 @@ def write_jets(
 ) -> int:
     """Write ``chunks`` to ``path`` in ``format`` (a :data:`WRITERS` name); returns jets written.
 
-    The file appears atomically (temporary sibling + rename); on an error no partial file is left.
+    The file appears atomically (temporary sibling + rename); on an error no partial file is left,
+    and a full disk (or quota, or file-size limit) is an ``OSError`` with its errno naming ``path``.
     ``options`` go to the writer (``max_particles``/``chunk_jets`` for hepfm, ``n_slots`` for
     toptag-h5, ``basket_jets`` for jetclass-root).
     """
     writer = WRITERS.get(format)
-    return writer(Path(path).expanduser(), chunks, metadata, **options)
+    path = Path(path).expanduser()
+    try:
+        return writer(path, chunks, metadata, **options)
+    except OSError as err:
+        if err.errno not in _DISK_FULL:
+            raise
+        # name the destination, not the temporary sibling the writer was filling (removed by now)
+        raise OSError(err.errno, err.strerror, str(path)) from err

@@ -11,7 +11,9 @@ Datasets (``n`` jets, ``N`` particle slots)::
 
     p4            (n, N, 4) float32   px, py, pz, E; zero in padding slots
     n_particles   (n,)      int16     mask = slot < n_particles (particles fill the leading slots)
-    label         (n,)      int64     only if labeled
+    label         (n,)      int64     only if labeled (the reader also takes other numeric dtypes
+                                      and one-hot (n, K) rows, as other tools write them; values
+                                      that are not whole class indices are bad jets, never cast)
     particles/<k> (n, N)    float32   one per per-particle field (``pid``: int32)
     jets/<k>      (n, ...)  as given  one per per-jet field
 
@@ -19,8 +21,10 @@ Every dataset is chunked along jets (``chunk_jets`` = 1024 by default, a divisor
 8192-jet reads so that no chunk is decompressed twice), compressed with :data:`DEFAULT_COMPRESSION`
 (``gzip-1``, no shuffle) and Fletcher-32 checksummed so that corrupted bytes raise instead of
 returning wrong numbers. Files are written to a temporary sibling and renamed on success
-(:class:`HepfmH5Writer`). The reader reads any compression h5py can decode (older files use
-``gzip-4+shuffle``); the ``compression`` attribute records the writer's choice.
+(:class:`HepfmH5Writer`); a full disk (or quota, or file-size limit) is an ``OSError`` with its
+errno and no file left behind, never an HDF5 crash (:class:`DeferredErrorFile`). The reader reads
+any compression h5py can decode (older files use ``gzip-4+shuffle``); the ``compression``
+attribute records the writer's choice.
 
 Why gzip-1 without shuffle (``benchmarks/bench_loader.py --compare-compression FILE``: per dataset,
 1024-jet chunks, CPU time of reading in 8192-jet blocks, one core; numbers in docs/data.md): the
@@ -36,9 +40,11 @@ and 1.4-3.3x faster than LZF.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import os
 import re
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +52,13 @@ import h5py
 import numpy as np
 
 from hepfm.data.jets import FULL_JET_P4, JetChunk
-from hepfm.data.validate import ValidatingSource, read_errors, select_fields
+from hepfm.data.validate import (
+    ValidatingSource,
+    labels_from_one_hot,
+    labels_from_values,
+    read_errors,
+    select_fields,
+)
 from hepfm.errors import HepfmInputError
 from hepfm.io import atomic_path, json_default
 
@@ -187,6 +199,7 @@ class HepfmH5Source(ValidatingSource):
             if "label" not in f:
                 raise HepfmInputError("file says labeled=True but has no 'label' dataset", self.path)
             check_rows("label")
+            self._check_label_layout(f["label"])
         self._particle_keys = sorted(f["particles"]) if "particles" in f else []
         self._jet_keys = sorted(f["jets"]) if "jets" in f else []
         self.particle_fields = tuple(self._particle_keys)
@@ -203,6 +216,24 @@ class HepfmH5Source(ValidatingSource):
         if self.n_jets_attr != n:
             raise HepfmInputError(
                 f"n_jets attribute says {self.n_jets_attr} jets but the datasets hold {n}", self.path
+            )
+
+    def _check_label_layout(self, ds: h5py.Dataset) -> None:
+        """Accept class indices (n,) or one-hot rows (n, K) of any numeric dtype (files written by other
+        tools); the values themselves are checked per jet when read."""
+        if ds.dtype.kind not in "biuf":
+            raise HepfmInputError(f"dataset 'label' has dtype {ds.dtype}, expected numbers", self.path)
+        if ds.ndim == 2:
+            if ds.shape[1] != len(self.class_names):
+                raise HepfmInputError(
+                    f"one-hot dataset 'label' has {ds.shape[1]} columns but the file names "
+                    f"{len(self.class_names)} classes {list(self.class_names)}",
+                    self.path,
+                )
+        elif ds.ndim != 1:
+            raise HepfmInputError(
+                f"dataset 'label' has shape {ds.shape}, expected (n,) class indices or (n, K) one-hot",
+                self.path,
             )
 
     def _read(
@@ -224,7 +255,7 @@ class HepfmH5Source(ValidatingSource):
                 p4 = np.ascontiguousarray(whole[:, :s])
             else:
                 p4 = f["p4"][sel].astype(np.float32, copy=False)
-            label = f["label"][rows].astype(np.int64) if self.has_labels else None
+            raw_label = f["label"][rows] if self.has_labels else None
             particles = {k: f[f"particles/{k}"][sel] for k in select_fields(self._particle_keys, fields)}
             jets = {k: f[f"jets/{k}"][rows] for k in select_fields(self._jet_keys, jet_fields)}
             if FULL_JET_P4 in self._jet_keys:  # written from capped jets: the whole-jet sums, always
@@ -239,9 +270,127 @@ class HepfmH5Source(ValidatingSource):
         mask = np.arange(s)[None, :] < npart[:, None]
         if full is not None:
             jets.setdefault(FULL_JET_P4, full)
+        label = None
+        if raw_label is not None:  # never a cast: 0.9 must be reported, not read as class 0
+            if raw_label.ndim == 2:
+                label = labels_from_one_hot(raw_label)
+            else:
+                label = labels_from_values(raw_label, len(self.class_names))
         return JetChunk(
             p4=p4, mask=mask, label=label, class_names=self.class_names, particles=particles, jets=jets
         )
+
+
+class DeferredErrorFile:
+    """A binary file for h5py's ``fileobj`` driver that never reports a failed write to HDF5 but keeps
+    the first ``OSError`` (:attr:`error`) for the caller to raise once HDF5 has closed the file.
+
+    Why: HDF5 (2.0, through h5py 3.16) does not survive a failed write. The close that follows fails
+    and leaves the library in a state that crashes the process (SIGSEGV on a second close or at
+    interpreter exit), so a full disk killed ``hepfm convert`` with a segfault and left its temporary
+    file behind. Here the first failed write switches the file to memory: later writes (what HDF5
+    still flushes from its caches before the writer stops, a few MB) are kept in order and reads see
+    them, so HDF5 closes cleanly; :func:`h5_output` then raises the kept error.
+    """
+
+    def __init__(self, path: str | Path, *, append: bool = False) -> None:
+        flags = os.O_RDWR | os.O_CREAT | (0 if append else os.O_TRUNC)
+        self.name = str(path)
+        self._fd = os.open(path, flags, 0o666)
+        self._pos = 0
+        self._end = os.fstat(self._fd).st_size  # what HDF5 sees as the file's size
+        self.error: OSError | None = None
+        self._pending: list[tuple[int, bytes]] = []  # (offset, bytes) written after the failure
+
+    def seek(self, pos: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._end}[whence]
+        self._pos = base + pos
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        n = len(view)
+        if self.error is None:
+            try:
+                done = 0
+                while done < n:
+                    k = os.pwrite(self._fd, view[done:], self._pos + done)
+                    if k == 0:
+                        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self.name)
+                    done += k
+            except OSError as err:
+                self.error = err
+        if self.error is not None:
+            self._pending.append((self._pos, bytes(view)))
+        self._pos += n
+        self._end = max(self._end, self._pos)
+        return n
+
+    def read(self, size: int = -1) -> bytes:
+        n = max(0, self._end - self._pos) if size is None or size < 0 else size
+        buf = bytearray(n)
+        return bytes(buf[: self.readinto(buf)])
+
+    def readinto(self, buf: Any) -> int:
+        view = memoryview(buf).cast("B")
+        n = max(0, min(len(view), self._end - self._pos))
+        data = os.pread(self._fd, n, self._pos) if n else b""
+        view[: len(data)] = data
+        view[len(data) : n] = bytes(n - len(data))  # beyond what reached the disk: zeros ...
+        for off, chunk in self._pending:  # ... or what was written after the failure
+            lo, hi = max(off, self._pos), min(off + len(chunk), self._pos + n)
+            if lo < hi:
+                view[lo - self._pos : hi - self._pos] = chunk[lo - off : hi - off]
+        self._pos += n
+        return n
+
+    def truncate(self, size: int | None = None) -> int:
+        size = self._pos if size is None else int(size)
+        if self.error is None:
+            try:
+                os.ftruncate(self._fd, size)
+            except OSError as err:
+                self.error = err
+        self._end = size
+        return size
+
+    def flush(self) -> None:
+        """Nothing to do: every write is a system call."""
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        self._pending = []
+
+    def raise_error(self) -> None:
+        """Raise the kept write error (e.g. EFBIG, ENOSPC), if any, as an ``OSError`` with its errno."""
+        if self.error is not None:
+            err = self.error
+            raise OSError(err.errno, err.strerror or str(err), self.name) from err
+
+
+@contextlib.contextmanager
+def h5_output(path: str | Path, *, append: bool = False) -> Iterator[tuple[h5py.File, DeferredErrorFile]]:
+    """An ``h5py.File`` opened for writing through a :class:`DeferredErrorFile`.
+
+    On leaving the block the file is closed exactly once, then a write error that happened (disk
+    full, quota, file-size limit) is raised as an ``OSError`` with its errno instead of crashing
+    HDF5. ``append``: open an existing file (mode ``"a"``) instead of creating it.
+    """
+    raw = DeferredErrorFile(path, append=append)
+    try:
+        f = h5py.File(raw, "a" if append else "w")
+        try:
+            yield f, raw
+        finally:
+            f.close()
+    finally:
+        raw.close()
+    raw.raise_error()
 
 
 class HepfmH5Writer:
@@ -297,34 +446,35 @@ class HepfmH5Writer:
         self._particle_keys: list[str] | None = None
         self._jet_keys: list[str] | None = None
         self._f: h5py.File | None = None
+        self._io: DeferredErrorFile | None = None
         self._stack: contextlib.ExitStack | None = None
 
     # -- context manager ----------------------------------------------------------------------
     def __enter__(self) -> HepfmH5Writer:
         self._stack = contextlib.ExitStack()
-        tmp = self._stack.enter_context(atomic_path(self.path, suffix=".h5"))
         try:
-            self._f = h5py.File(tmp, "w")
+            tmp = self._stack.enter_context(atomic_path(self.path, suffix=".h5"))
+            # a full disk surfaces as an OSError (EFBIG, ENOSPC) instead of crashing HDF5
+            self._f, self._io = self._stack.enter_context(h5_output(tmp))
         except BaseException as err:
             self._stack.__exit__(type(err), err, err.__traceback__)
             raise
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
+        """Finish the file, close it once and rename it onto ``path``; on any error (including a
+        write error kept by :class:`DeferredErrorFile`) remove the temporary file instead."""
         assert self._stack is not None and self._f is not None
-        try:
-            if exc_type is None:
+        stack, self._stack = self._stack, None
+        if exc_type is None:
+            try:
                 self._flush(final=True)
                 self._ensure_datasets({})
                 self._write_attrs()
-            self._f.close()
-        except BaseException as err:
-            with contextlib.suppress(Exception):
-                self._f.close()
-            self._stack.__exit__(type(err), err, err.__traceback__)
-            raise
-        self._stack.__exit__(exc_type, exc, tb)
-        return False
+            except BaseException as err:
+                stack.__exit__(type(err), err, err.__traceback__)
+                raise
+        return bool(stack.__exit__(exc_type, exc, tb))
 
     # -- writing ------------------------------------------------------------------------------
     def append(self, chunk: JetChunk) -> None:
@@ -416,6 +566,8 @@ class HepfmH5Writer:
             ds.resize(start + n_out, axis=0)
             ds[start : start + n_out] = arr[:n_out]
         self.n_written += n_out
+        assert self._io is not None
+        self._io.raise_error()  # stop at the first failed write rather than keep writing to memory
         rest = {k: v[n_out:] for k, v in rows.items()}
         self._buffer = [rest] if n_out < n else []
         self._buffered = n - n_out

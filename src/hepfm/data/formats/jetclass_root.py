@@ -58,9 +58,9 @@ import numpy as np
 
 from hepfm.data.jets import FULL_JET_P4, JETCLASS_CLASSES, PID_FLAGS, JetChunk, pt_eta_phi
 from hepfm.data.validate import (
-    LABEL_NOT_ONE_HOT,
     ROOT_ERRORS,
     ValidatingSource,
+    labels_from_one_hot,
     read_errors,
     select_fields,
 )
@@ -364,10 +364,9 @@ class JetClassRootSource(ValidatingSource):
             particles[k] = arr.reshape(n, n_slots)
         label = None
         if self.has_labels:
+            # float64 holds every branch type exactly enough: 0.9 stays 0.9 (not one-hot), never class 0
             onehot = np.stack([dec.scalar[b].astype(np.float64) for b in self._label_branches], axis=1)
-            with np.errstate(invalid="ignore"):
-                ok = ((onehot == 0) | (onehot == 1)).all(axis=1) & (onehot.sum(axis=1) == 1)
-            label = np.where(ok, onehot.argmax(axis=1), LABEL_NOT_ONE_HOT).astype(np.int64)
+            label = labels_from_one_hot(onehot)
         jets = {_jet_key(b): dec.scalar[b].copy() for b in jet_branches}
         if full is not None:
             jets[FULL_JET_P4] = full

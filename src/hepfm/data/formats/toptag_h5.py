@@ -329,12 +329,12 @@ def write_toptag(
     """
     try:
         import pandas as pd
-        import tables  # noqa: F401  (pandas needs it for to_hdf)
+        import tables  # noqa: F401  (pandas needs it for HDFStore)
     except ImportError:
         raise HepfmInputError(
             "writing the Top Tagging layout needs pandas and tables: pip install 'hepfm[pandas]'", path
         ) from None
-    from hepfm.data.formats.hepfm_h5 import dumps_metadata
+    from hepfm.data.formats.hepfm_h5 import dumps_metadata, h5_output
 
     parts = list(chunks)
     if not parts:
@@ -378,7 +378,13 @@ def write_toptag(
     df = pd.concat(frames, axis=1)
     del frames
     with atomic_path(path, suffix=".h5") as tmp:
-        df.to_hdf(tmp, key=KEY, mode="w")
-        with h5py.File(tmp, "a") as f:
+        # built in memory and written by Python, as h5_output below: PyTables reports a failed write
+        # (disk full) as a bare HDF5ExtError without its cause, this way it is an OSError with its errno
+        with pd.HDFStore(tmp, mode="w", driver="H5FD_CORE", driver_core_backing_store=0) as store:
+            store.put(KEY, df, format="fixed", track_times=False)
+            image = store._handle.get_file_image()
+        del df
+        tmp.write_bytes(image)
+        with h5_output(tmp, append=True) as (f, _):
             f.attrs["hepfm_metadata"] = dumps_metadata(metadata)
     return n
