@@ -7,6 +7,7 @@ Runs the CLI on small random (non-Pythia) jets so that each check costs seconds.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -76,9 +77,26 @@ def test_train_is_bitwise_reproducible_for_a_seed(jets, tmp_path):
     for run in ("a", "b"):
         assert main(train_args(jets, tmp_path / run)) == 0
     assert main(train_args(jets, tmp_path / "c", seed=8)) == 0
-    a, b, c = (fingerprint(tmp_path / r, "best.safetensors") for r in "abc")
+    assert main(train_args(jets, tmp_path / "d", "-o", "train.deterministic=true")) == 0
+    a, b, c, d = (fingerprint(tmp_path / r, "best.safetensors") for r in "abcd")
     assert len(a[0]) == 2 and a == b
     assert a[1] != c[1] and a[0] != c[0]  # the seed matters: the comparison above can fail
+    assert d == a  # CPU kernels are deterministic already: asking for it changes nothing
+
+
+def test_deterministic_kernels_are_asked_for_and_restored(monkeypatch):
+    import torch
+
+    from hepfm.training.engine import deterministic_kernels
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    assert not torch.are_deterministic_algorithms_enabled()
+    with deterministic_kernels(True):
+        assert torch.are_deterministic_algorithms_enabled()
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    assert not torch.are_deterministic_algorithms_enabled()
+    with deterministic_kernels(False):
+        assert not torch.are_deterministic_algorithms_enabled()
 
 
 def test_pretrain_and_finetune_are_bitwise_reproducible_for_a_seed(jets, pretrained, tmp_path):
@@ -179,3 +197,14 @@ def test_single_class_training_data_is_refused(jets, tmp_path, capsys):
     msg = one_line(capsys, main(args))
     assert "single class" in msg and "one.h5" in msg
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_atomic_outputs_get_a_normal_files_mode(tmp_path):
+    from hepfm.io import write_json_atomic
+
+    mask = os.umask(0o022)
+    try:
+        write_json_atomic(tmp_path / "x.json", {"a": 1})
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o644  # not mkstemp's private 0600

@@ -50,7 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     logging.getLogger("numexpr").setLevel(logging.WARNING)  # its thread-count notice is noise here
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        # a reader that left (`| head`) surfaces here, as a quiet exit, rather than in the interpreter's
+        # final flush ("Exception ignored ... BrokenPipeError", status 120)
+        sys.stdout.flush()
+        return code
     except HepfmInputError as err:
         print(f"hepfm {args.command}: error: {err}", file=sys.stderr)
         return err.exit_code
