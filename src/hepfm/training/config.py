@@ -62,6 +62,7 @@ class TrainConfig:
     clip_grad: float = 1.0  # 0 disables
     amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 (with grad scaling) | none
     compile: bool = False
+    deterministic: bool = False  # deterministic GPU kernels (slower); CPU runs are reproducible without it
     device: str = "auto"
     eval_every: int = 200
     ckpt_every: int = 200

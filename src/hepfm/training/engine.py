@@ -69,6 +69,31 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@contextlib.contextmanager
+def deterministic_kernels(enabled: bool) -> Iterator[None]:
+    """Ask torch for deterministic kernels for the duration of a fit (``train.deterministic``).
+
+    CPU runs are bitwise reproducible without it (same seed, same thread count); on a GPU, atomics in
+    scatter/index kernels and cuBLAS's split reductions differ from run to run. This switches those to
+    deterministic versions where torch has them (slower) and warns, once per op, where it has none.
+    cuBLAS reads CUBLAS_WORKSPACE_CONFIG when its first handle is made, so it is set here, before any
+    matrix product of the run (a user's own value is kept).
+    """
+    if not enabled:
+        yield
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    was = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    benchmark = torch.backends.cudnn.benchmark
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was[0], warn_only=was[1])
+        torch.backends.cudnn.benchmark = benchmark
+
+
 def _rng_isolated(loader: Iterable[ParticleBatch]) -> Iterator[ParticleBatch]:
     """Iterate a loader without touching the global RNG (DataLoader.__iter__ draws a seed from it):
     the model's random stream then depends on the step alone, which makes resume exact."""
@@ -194,6 +219,11 @@ class Trainer:
     # -- the loop
     def fit(self, train_loader: Iterable[ParticleBatch], val_loader: Iterable[ParticleBatch] | None = None,
             resume: bool = True, progress: bool = True) -> FitResult:
+        with deterministic_kernels(self.cfg.deterministic):
+            return self._fit(train_loader, val_loader, resume, progress)
+
+    def _fit(self, train_loader: Iterable[ParticleBatch], val_loader: Iterable[ParticleBatch] | None,
+             resume: bool, progress: bool) -> FitResult:
         from tqdm import tqdm
 
         cfg = self.cfg
