@@ -88,7 +88,7 @@ def test_finetune_bad_input(pretrained, toptag_files, tmp_path, capsys):
     assert "--n-labels 999999" in msg and "1600" in msg
     msg = _one_line(capsys, main(["finetune", "--pretrained", str(tmp_path / "nope"), "--data", str(f["train"]),
                                   "--val", str(f["val"]), "--out", str(tmp_path / "b")]))
-    assert "not found" in msg or "no model" in msg
+    assert "no such run directory" in msg and "nope" in msg
 
 
 def test_pretrained_features_must_fit_the_data(toptag_files, tmp_path, capsys):

@@ -4,6 +4,7 @@ the guards of a run directory: one process at a time, and a resume only with wha
 from __future__ import annotations
 
 import contextlib
+import os
 import platform
 import shutil
 import subprocess
@@ -73,6 +74,9 @@ def run_directory(out: str | Path, *, restart: bool = False) -> Iterator[Path]:
     process, and emptied of a previous run's outputs first with ``restart``. A command that fails before
     writing anything leaves no directory behind."""
     out = check_output_dir(out)
+    if int(os.environ.get("RANK", "0")) != 0:  # a torchrun worker: rank 0 holds the directory for all
+        yield out
+        return
     created = not out.exists()
     try:
         with output_lock(out, directory=True):
