@@ -9,9 +9,12 @@ import pytest
 import torch
 from _factories import jetclass_chunk, random_chunk
 
-from hepfm.data.augment import (
-    AugmentConfig,
+from hepfm.data.features import FEATURE_SETS
+from hepfm.data.jets import JetChunk
+from hepfm.errors import HepfmInputError
+from hepfm.physics.augment import (
     Augmentation,
+    AugmentConfig,
     collinear_split,
     compose_parents,
     drop_soft,
@@ -20,10 +23,7 @@ from hepfm.data.augment import (
     sort_by_pt,
     translate,
 )
-from hepfm.data.features import FEATURE_SETS
-from hepfm.data.jets import JetChunk
-from hepfm.data.torch_features import compute_features, jet_vector, kinematic_columns
-from hepfm.errors import HepfmInputError
+from hepfm.physics.torch_features import compute_features, jet_vector, kinematic_columns
 
 
 @pytest.fixture(autouse=True)

@@ -10,12 +10,12 @@ import torch
 from hepfm.configs import load_preset
 from hepfm.contracts import ParticleBatch
 from hepfm.data.features import FEATURE_SETS
-from hepfm.data.torch_features import compute_features
 from hepfm.errors import HepfmInputError
 from hepfm.losses import alignment, nt_xent, positive_similarity, uniformity
 from hepfm.models import backbone_config, create_backbone
 from hepfm.objectives.jetclr import JetCLR, JetCLROptions
 from hepfm.objectives.registry import create_objective, objective_names
+from hepfm.physics.torch_features import compute_features
 from hepfm.training.config import TrainConfig
 
 

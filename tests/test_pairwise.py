@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from hepfm.data.pairwise import PAIR_FEATURES, pairwise_features
+from hepfm.physics.pairwise import PAIR_FEATURES, pairwise_features
 
 EPS = 1e-8
 

@@ -21,7 +21,9 @@ from _factories import chunk_from_jets
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from hepfm.data.augment import (
+from hepfm.data.features import FEATURE_SETS, JET_FEATURES
+from hepfm.data.jets import JETCLASS_CLASSES, PID_FLAGS, TOPTAG_CLASSES, JetChunk
+from hepfm.physics.augment import (
     Augmentation,
     AugmentConfig,
     collinear_split,
@@ -30,10 +32,8 @@ from hepfm.data.augment import (
     smear,
     translate,
 )
-from hepfm.data.features import FEATURE_SETS, JET_FEATURES
-from hepfm.data.jets import JETCLASS_CLASSES, PID_FLAGS, TOPTAG_CLASSES, JetChunk
-from hepfm.data.pairwise import pairwise_features
-from hepfm.data.torch_features import compute_features, jet_vector, kinematic_columns
+from hepfm.physics.pairwise import pairwise_features
+from hepfm.physics.torch_features import compute_features, jet_vector, kinematic_columns
 
 #: Every test: the same examples on every run, no deadline (CI machines are slow and shared).
 PROPS = settings(derandomize=True, database=None, deadline=None, max_examples=40,
@@ -579,7 +579,7 @@ def test_subjets_partition_the_jet(chunk, seed, scatter, keep, algorithm, radius
     subjets are the E-scheme sums of their particles, pT-ordered, adding up to the jet;
     ``max_subjets`` keeps the leading ones."""
     pytest.importorskip("fastjet")
-    from hepfm.data.subjets import find_subjets
+    from hepfm.physics.subjets import find_subjets
 
     p4, mask = tensors(chunk, torch.float32)
     g = torch.Generator().manual_seed(seed)

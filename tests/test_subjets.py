@@ -1,4 +1,4 @@
-"""Subjet finding (hepfm.data.subjets): FastJet anti-kT R=0.2 on padded batches, vectorised."""
+"""Subjet finding (hepfm.physics.subjets): FastJet anti-kT R=0.2 on padded batches, vectorised."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import torch
 
 pytest.importorskip("fastjet")
 
-from hepfm.data.subjets import find_subjets, pt_eta_phi  # noqa: E402
 from hepfm.errors import HepfmInputError  # noqa: E402
+from hepfm.physics.subjets import find_subjets, pt_eta_phi  # noqa: E402
 
 
 def _particles(rng: np.random.Generator, n: int, eta: float, phi: float, pt: float,

@@ -6,10 +6,8 @@ small labeled samples, and measure what that saves. See README.md for the two se
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from hepfm._version import __version__
 from hepfm.errors import HepfmInputError
-
 
 
 def load(path: str):  # type: ignore[no-untyped-def]

@@ -12,7 +12,7 @@ import logging
 import sys
 from typing import NoReturn
 
-from hepfm import __version__
+from hepfm._version import __version__
 from hepfm.errors import HepfmInputError
 from hepfm.io import is_output_error
 

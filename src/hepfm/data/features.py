@@ -16,7 +16,7 @@ definitions and the standardisation follow the official Particle Transformer dat
   files store that clustered jet, which contains the same constituents, so the difference is
   float rounding;
 * Δφ is wrapped to [-π, π); Δη uses pseudorapidity (the pair features use rapidity, see
-  :mod:`hepfm.data.pairwise`).
+  :mod:`hepfm.physics.pairwise`).
 
 Δη sign convention: ParT's inputs use Δη = (η - η_jet) · sign(η_jet), so that the jet's forward
 side is always positive. This is verified for Top Tagging (ParT's conversion script

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hepfm import __version__
+from hepfm._version import __version__
 from hepfm.data.jets import JetChunk
 from hepfm.errors import HepfmInputError
 from hepfm.generation.detector import DETECTORS

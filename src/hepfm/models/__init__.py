@@ -28,6 +28,7 @@ from hepfm.models.particle_net import ParticleNet, ParticleNetConfig
 from hepfm.models.particle_transformer import (
     ParticleTransformer,
     ParticleTransformerConfig,
+    WeaverClassifier,
     load_weaver_state_dict,
 )
 from hepfm.models.pfn import ParticleFlowNetwork, PFNConfig
@@ -137,6 +138,7 @@ __all__ = [
     "ParticleTransformerConfig",
     "Transformer",
     "TransformerConfig",
+    "WeaverClassifier",
     "backbone_config",
     "create_backbone",
     "load_weaver_state_dict",

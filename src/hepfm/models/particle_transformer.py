@@ -24,22 +24,18 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import pairwise
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from hepfm.contracts import BackboneOutput, ParticleBatch
-from hepfm.data.pairwise import pairwise_features
 from hepfm.nn.attention import attention_mask
 from hepfm.nn.backbone import Backbone
 from hepfm.nn.blocks import NormFormerBlock
 from hepfm.nn.norm import MaskedBatchNorm
+from hepfm.physics.pairwise import pairwise_features
 
-if TYPE_CHECKING:
-    from hepfm.heads import LinearHead
-
-NUM_PAIR_FEATURES = 4  # ln kT, ln z, ln Δ, ln m²: hepfm.data.pairwise
+NUM_PAIR_FEATURES = 4  # ln kT, ln z, ln Δ, ln m²: hepfm.physics.pairwise
 
 
 @dataclass
@@ -252,9 +248,29 @@ def _rename_weaver_key(key: str) -> str | None:
     return key if key in ("cls_token", "norm.weight", "norm.bias") else None
 
 
+class WeaverClassifier(nn.Module):
+    """weaver-core's final classifier (``fc`` with ``fc_params=[]``): one Linear on ``pooled``.
+
+    Maps a :class:`~hepfm.contracts.BackboneOutput` to logits (B, K), as a ``linear`` head does on a
+    pooling backbone, and has the same state-dict keys (``fc.weight``, ``fc.bias``), so
+    ``LinearHead(D, K).load_state_dict(classifier.state_dict())`` turns it into one. Built here, not
+    as a :class:`hepfm.heads.LinearHead`, because heads sit above models.
+    """
+
+    def __init__(self, in_dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(in_dim, num_classes)
+
+    def forward(self, out: BackboneOutput) -> torch.Tensor:
+        """Shape: returns (B, K)."""
+        if out.pooled is None:
+            raise ValueError("WeaverClassifier reads the pooled class token; the backbone returned none")
+        return self.fc(out.pooled)
+
+
 def load_weaver_state_dict(
     model: ParticleTransformer, state_dict: Mapping[str, torch.Tensor]
-) -> LinearHead | None:
+) -> WeaverClassifier | None:
     """Load a weaver-core ``ParticleTransformer`` state dict into ``model``.
 
     Accepts the keys of weaver-core >= 0.4 (``attn.in_proj.weight``) and of older versions built on
@@ -264,7 +280,7 @@ def load_weaver_state_dict(
 
     Returns:
         The checkpoint's final classifier (weaver's ``fc``, a single Linear when ``fc_params=[]``)
-        as a ``linear`` head on ``pooled``, or None when the checkpoint has no classifier.
+        as a :class:`WeaverClassifier` on ``pooled``, or None when the checkpoint has no classifier.
 
     Raises:
         ValueError: keys that do not map (another weaver variant: ``version>1``, ``fc_params``,
@@ -292,9 +308,7 @@ def load_weaver_state_dict(
         raise ValueError(f"weaver state dict does not fit this ParticleTransformer: {err}") from None
     if not fc:
         return None
-    from hepfm.heads import LinearHead  # heads sit beside models; imported lazily
-
     weight = fc["0.weight"]
-    head = LinearHead(weight.shape[1], weight.shape[0])
+    head = WeaverClassifier(weight.shape[1], weight.shape[0])
     head.fc.load_state_dict({"weight": weight, "bias": fc["0.bias"]})
     return head

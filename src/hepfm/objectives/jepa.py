@@ -10,7 +10,7 @@ How it maps onto hepfm's particle-level backbones (J-JEPA's own encoder works on
 1. **Subjets.** Each jet's constituents are clustered into anti-kT R = 0.2 subjets (talk: "cluster
    subjets with radius 0.2"), pT-ordered, the leading ``max_subjets`` = 20 kept (their code's
    ``num_subjets``); particles of softer subjets stay visible context but are never targets.
-   One vectorised FastJet call per batch on the CPU (:mod:`hepfm.data.subjets`).
+   One vectorised FastJet call per batch on the CPU (:mod:`hepfm.physics.subjets`).
 2. **Context / target split.** Per jet, ``round(target_fraction * n)`` (their ``trgt_ratio`` = 0.3,
    i.e. ``context_scale`` = 0.7) or ``n_targets`` of its n subjets are drawn at random, at least one
    and at most n - 1. Only real subjets can be targets: the talk found padded targets to cause
@@ -57,7 +57,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from hepfm.contracts import BackboneOutput, ParticleBatch
-from hepfm.data.subjets import ALGORITHMS, Subjets, find_subjets
 from hepfm.errors import HepfmInputError
 from hepfm.nn.attention import MultiheadAttention
 from hepfm.nn.backbone import Backbone
@@ -66,6 +65,7 @@ from hepfm.objectives.base import Objective, ObjectiveOutput, jet_embedding
 from hepfm.objectives.ema import MOMENTUM_SCHEDULES, ema_update_, make_target, momentum_at
 from hepfm.objectives.registry import OBJECTIVES, BackboneFactory
 from hepfm.options import from_dict
+from hepfm.physics.subjets import ALGORITHMS, Subjets, find_subjets
 
 SUBJET_EMBEDDINGS = ("mlp", "attention")
 LOSSES = ("mse", "smooth_l1")
@@ -412,9 +412,6 @@ class JEPA(Objective):
         self.target.eval()  # no dropout noise in the regression targets
         return self
 
-    def trainable_modules(self) -> list[nn.Module]:
-        return [self.context, self.predictor]
-
     def export_backbone(self) -> Backbone:
         """The EMA target backbone (default, as the talk and I-JEPA) or the context backbone.
 
@@ -428,7 +425,8 @@ class JEPA(Objective):
 
 
 @OBJECTIVES.register("jepa")
-def build_jepa(backbone_factory: BackboneFactory, feature_set: Any, **options: Any) -> JEPA:
+def build_jepa(backbone_factory: BackboneFactory, feature_set: Any, *, max_particles: int | None = None,
+               **options: Any) -> JEPA:
     """``jepa`` from a backbone factory (called twice: context and EMA target) and its options.
 
     ``feature_set`` is unused: J-JEPA needs no augmentations, and both encoders read the batch's features.

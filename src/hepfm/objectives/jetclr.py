@@ -4,8 +4,8 @@ Dillon, Kasieczka, Olischlager, Plehn, Sorrenson, Vogel, "Symmetries, safety, an
 SciPost Phys. 12, 188 (2022), arXiv:2108.04253; at JetClass scale (seed 000): Zhao, Mokhtar, Kansal,
 Li, Duarte, arXiv:2408.09343.
 
-Per step: two views of every jet are drawn (:mod:`hepfm.data.augment`), their inputs recomputed from
-the augmented four-vectors (:mod:`hepfm.data.torch_features`), both views go through the backbone in
+Per step: two views of every jet are drawn (:mod:`hepfm.physics.augment`), their inputs recomputed from
+the augmented four-vectors (:mod:`hepfm.physics.torch_features`), both views go through the backbone in
 one pass, the jet embedding through a projection head, and NT-Xent pulls the two views of a jet
 together and pushes other jets apart. As in JetCLR's code, the first view gets only the symmetries
 (rotation, translation) and the second also the soft/collinear augmentations (``symmetric_views``
@@ -27,15 +27,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from hepfm.contracts import ParticleBatch
-from hepfm.data.augment import Augmentation, AugmentConfig
 from hepfm.data.features import FeatureSet
-from hepfm.data.torch_features import compute_features, jet_vector
 from hepfm.errors import HepfmInputError
 from hepfm.losses.contrastive import alignment, nt_xent, positive_similarity, uniformity
 from hepfm.nn.backbone import Backbone
 from hepfm.objectives.base import Objective, ObjectiveOutput, jet_embedding
 from hepfm.objectives.registry import OBJECTIVES, BackboneFactory
 from hepfm.options import from_dict
+from hepfm.physics.augment import Augmentation, AugmentConfig
+from hepfm.physics.torch_features import compute_features, jet_vector
 
 
 @dataclass
@@ -48,7 +48,7 @@ class JetCLROptions:
             (JetCLR); () = no head, the loss acts on the backbone's embedding directly.
         symmetric_views: give both views the full pipeline (SimCLR) instead of symmetries-only for the
             first (JetCLR).
-        augment: the augmentation settings (:class:`~hepfm.data.augment.AugmentConfig`).
+        augment: the augmentation settings (:class:`~hepfm.physics.augment.AugmentConfig`).
         eval_seed: seed of the augmentations in eval mode.
     """
 
@@ -171,6 +171,7 @@ class JetCLR(Objective):
 
 
 @OBJECTIVES.register("jetclr")
-def build(backbone_factory: BackboneFactory, feature_set: FeatureSet, **options: Any) -> JetCLR:
+def build(backbone_factory: BackboneFactory, feature_set: FeatureSet, *, max_particles: int | None = None,
+          **options: Any) -> JetCLR:
     """Registry builder: ``create_objective("jetclr", factory, feature_set, {"temperature": 0.1, ...})``."""
     return JetCLR(backbone_factory(), feature_set, JetCLROptions.from_dict(options))

@@ -1,13 +1,19 @@
-"""The reader contract: a random-access source of jets, read in chunks so files larger than memory stream."""
+"""The reader contract: a random-access source of jets, read in chunks so files larger than memory stream.
+
+:class:`JetSource` is the protocol; :class:`ValidatingSource` is the base class of the file readers
+(the checks it runs live in :mod:`hepfm.data.validate`); :class:`ArraySource` wraps a chunk in memory.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from hepfm.data.jets import JetChunk
+from hepfm.data.validate import merge_counts, validate_and_sort
 
 
 @runtime_checkable
@@ -112,3 +118,115 @@ class ArraySource:
             particles={k: v[sl] for k, v in _select(c.particles, fields).items()},
             jets={k: v[sl] for k, v in _select(c.jets, jet_fields).items()},
         )
+
+
+class ValidatingSource:
+    """Base class of the file readers: ``read(start, stop, fields)`` = format-specific ``_read`` + pT
+    sorting + :func:`~hepfm.data.validate.check_chunk` (through the fast scan of
+    :func:`~hepfm.data.validate.validate_and_sort`).
+
+    Options shared by every reader:
+        validate: check each chunk read (default True). With ``validate=False`` the caller owns the
+            checks (``hepfm inspect`` does that to count problems).
+        skip_bad: with ``validate=True``, drop bad jets instead of raising; ``read(start, stop)`` then
+            returns fewer than ``stop - start`` jets and :attr:`bad_counts` accumulates the reasons.
+
+    ``read(start, stop, fields=None, jet_fields=None)`` reads only the per-particle fields named in
+    ``fields`` and the per-jet fields named in ``jet_fields`` (None: all the file has; names the
+    file does not have are ignored). Four-momenta, mask and labels are always read. Validation looks
+    at what was read, so with ``skip_bad`` a jet whose only defect is in a field that was not read
+    is kept. :attr:`particle_fields` lists the per-particle fields the file has.
+
+    The underlying file handle is opened lazily and reopened after a fork (DataLoader workers), and
+    is not pickled.
+    """
+
+    format: str = ""
+
+    def __init__(self, path: str | Path, *, validate: bool = True, skip_bad: bool = False) -> None:
+        self.path = Path(path)
+        self.validate = validate
+        self.skip_bad = skip_bad
+        self.bad_counts: dict[str, int] = {}
+        self.metadata: dict = {}
+        self.class_names: tuple[str, ...] = ()
+        self.has_labels = False
+        #: the per-particle fields (``JetChunk.particles`` keys) the file provides
+        self.particle_fields: tuple[str, ...] = ()
+        self._n = 0
+        self._handle = None
+        self._pid: int | None = None
+
+    # -- file handle -------------------------------------------------------------------------
+    def _open(self):  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _file(self):
+        import os
+
+        if self._handle is None or self._pid != os.getpid():
+            self._handle = self._open()
+            self._pid = os.getpid()
+        return self._handle
+
+    def close(self) -> None:
+        h, self._handle = self._handle, None
+        if h is not None:
+            with contextlib.suppress(Exception):
+                h.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_handle"] = None
+        state["_pid"] = None
+        return state
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+    # -- reading -----------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self._n
+
+    def _read(
+        self, start: int, stop: int, fields: Collection[str] | None, jet_fields: Collection[str] | None
+    ) -> JetChunk:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def read(
+        self,
+        start: int,
+        stop: int,
+        fields: Collection[str] | None = None,
+        jet_fields: Collection[str] | None = None,
+    ) -> JetChunk:
+        """Jets ``[start, stop)`` (clipped to the file), validated unless ``validate=False``.
+
+        ``fields`` / ``jet_fields``: the per-particle / per-jet fields to read (None: all).
+        """
+        if start < 0 or stop < 0:
+            raise ValueError(f"read({start}, {stop}): negative index")
+        stop = min(stop, self._n)
+        start = min(start, stop)
+        chunk = self._read(start, stop, fields, jet_fields)
+        chunk, counts = validate_and_sort(
+            chunk, self.path, validate=self.validate, skip_bad=self.skip_bad, offset=start
+        )
+        merge_counts(self.bad_counts, counts)
+        return chunk
+
+    def iter_chunks(self, chunk_size: int = 10_000, max_jets: int | None = None) -> Iterator[JetChunk]:
+        """Read the file front to back in chunks of ``chunk_size`` jets (at most ``max_jets``)."""
+        end = self._n if max_jets is None else min(self._n, max_jets)
+        for start in range(0, end, chunk_size):
+            yield self.read(start, min(start + chunk_size, end))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.path)!r}, n={self._n}, labels={self.has_labels})"

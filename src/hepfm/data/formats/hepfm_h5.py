@@ -51,9 +51,10 @@ from typing import Any
 import h5py
 import numpy as np
 
+from hepfm._version import __version__
+from hepfm.data.formats.base import ValidatingSource
 from hepfm.data.jets import FULL_JET_P4, JetChunk
 from hepfm.data.validate import (
-    ValidatingSource,
     labels_from_one_hot,
     labels_from_values,
     read_errors,
@@ -130,7 +131,7 @@ class HepfmH5Source(ValidatingSource):
     Args:
         path: the file.
         max_particles: keep at most this many particle slots (None: all the file has).
-        validate, skip_bad: see :class:`~hepfm.data.validate.ValidatingSource`.
+        validate, skip_bad: see :class:`~hepfm.data.formats.base.ValidatingSource`.
     """
 
     format = "hepfm"
@@ -573,8 +574,6 @@ class HepfmH5Writer:
         self._buffered = n - n_out
 
     def _write_attrs(self) -> None:
-        from hepfm import __version__
-
         f = self._f
         assert f is not None
         f.attrs["hepfm_format"] = FORMAT_TAG

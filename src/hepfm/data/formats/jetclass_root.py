@@ -56,10 +56,10 @@ from pathlib import Path
 
 import numpy as np
 
+from hepfm.data.formats.base import ValidatingSource
 from hepfm.data.jets import FULL_JET_P4, JETCLASS_CLASSES, PID_FLAGS, JetChunk, pt_eta_phi
 from hepfm.data.validate import (
     ROOT_ERRORS,
-    ValidatingSource,
     labels_from_one_hot,
     read_errors,
     select_fields,
@@ -173,7 +173,7 @@ class JetClassRootSource(ValidatingSource):
     Args:
         path: the file.
         max_particles: slots per jet (default 128; None = the longest jet in each chunk read).
-        validate, skip_bad: see :class:`~hepfm.data.validate.ValidatingSource`.
+        validate, skip_bad: see :class:`~hepfm.data.formats.base.ValidatingSource`.
     """
 
     format = "jetclass-root"

@@ -41,8 +41,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from hepfm.data.formats.base import ValidatingSource
 from hepfm.data.jets import FULL_JET_P4, TOPTAG_CLASSES, JetChunk
-from hepfm.data.validate import LABEL_NOT_0_1, ValidatingSource, read_errors, select_fields, slot_nonzero
+from hepfm.data.validate import LABEL_NOT_0_1, read_errors, select_fields, slot_nonzero
 from hepfm.errors import HepfmInputError
 from hepfm.io import atomic_path
 
@@ -85,7 +86,7 @@ class TopTagH5Source(ValidatingSource):
     Args:
         path: the file.
         max_particles: keep at most this many slots (None: all the columns give).
-        validate, skip_bad: see :class:`~hepfm.data.validate.ValidatingSource`.
+        validate, skip_bad: see :class:`~hepfm.data.formats.base.ValidatingSource`.
     """
 
     format = "toptag-h5"

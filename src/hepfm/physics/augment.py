@@ -34,7 +34,7 @@ pipeline ends with :func:`sort_by_pt` (rotations change particle pT too), so its
 loader's convention (pT-descending, real particles first). Functions that create or move particles
 return ``parent`` (B, N_out) int64: the input slot each output slot's particle comes from (defined,
 and in range, at every slot; meaningful where ``mask``), so non-kinematic features (charge, PID,
-impact parameters) can be carried over (:mod:`hepfm.data.torch_features`).
+impact parameters) can be carried over (:mod:`hepfm.physics.torch_features`).
 
 Randomness: every draw takes an optional ``generator`` and otherwise uses torch's global RNG, which
 the training engine seeds per step, so augmentations are reproducible and exactly resumable.
@@ -163,7 +163,7 @@ def translate(p4: torch.Tensor, mask: torch.Tensor, width: float = 1.0, prob: fl
     about it, so the transformation is a Lorentz transformation and the jet mass is exact.
     """
     b = p4.shape[0]
-    pt, eta, phi = _pt_eta_phi(p4)
+    _pt, eta, phi = _pt_eta_phi(p4)
     jet = (p4 * mask.unsqueeze(-1)).sum(dim=1)  # (B, 4)
     dphi_axis = _wrap(phi - torch.atan2(jet[:, 1], jet[:, 0]).unsqueeze(1))
     gate = _gate(prob, p4, generator).to(p4.dtype)

@@ -1,6 +1,6 @@
 """A :class:`~hepfm.data.features.FeatureSet`'s inputs recomputed in torch from (p4, mask).
 
-Augmentations (:mod:`hepfm.data.augment`) change four-vectors on the training device, so the
+Augmentations (:mod:`hepfm.physics.augment`) change four-vectors on the training device, so the
 backbone's inputs must be rebuilt there, and must be *the same function* of the four-vectors as the
 loader's numpy features, or pretraining and finetuning would see different inputs. This module
 mirrors :mod:`hepfm.data.features` formula by formula: float32 per-particle quantities; the jet axis,
