@@ -83,8 +83,10 @@ def test_both_subjet_embeddings_run(sel: str) -> None:
 def test_no_gradient_reaches_the_ema_target() -> None:
     obj = make_jepa()
     assert all(not p.requires_grad for p in obj.target.parameters())
-    trainable = {id(p) for m in obj.trainable_modules() for p in m.parameters()}
+    # what the engine's optimizer takes: every parameter that requires a gradient, none of the target's
+    trainable = {id(p) for p in obj.parameters() if p.requires_grad}
     assert not trainable & {id(p) for p in obj.target.parameters()}
+    assert {id(p) for p in obj.context.parameters()} <= trainable
     before = [p.clone() for p in obj.target.parameters()]
     opt = torch.optim.SGD([p for p in obj.parameters() if p.requires_grad], lr=0.1)
     obj(make_batch()).loss.backward()

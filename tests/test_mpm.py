@@ -264,3 +264,12 @@ def test_fit_codebook_subsamples_deterministically() -> None:
         obj.fit_codebook(x)
         books.append(obj.codebook.centres)
     assert torch.equal(books[0], books[1]) and bool(obj.codebook.fitted)
+
+
+def test_rank_tables_are_sized_by_the_data_particle_cap():
+    kin = FEATURE_SETS.get("kin")
+    head = {k: v for k, v in SMALL_HEAD.items() if k != "max_rank"}
+    obj = create_objective("mpm", lambda: create_backbone("pfn-small", 7), kin, head, max_particles=24)
+    assert obj.config.max_rank == 24 and obj.head.rank_embed.num_embeddings == 24
+    with pytest.raises(HepfmInputError, match="max_rank"):
+        create_objective("mpm", lambda: create_backbone("pfn-small", 7), kin, head)

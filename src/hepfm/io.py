@@ -172,3 +172,9 @@ def sha256_file(path: str | Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def check_folder_name(name: str, option: str) -> None:
+    """An output folder name must stay inside the run directory: one path component, not '.' or '..'."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise HepfmInputError(f"{option} must be a plain folder name (no '/', not '..'), got {name!r}")

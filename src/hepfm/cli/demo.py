@@ -27,7 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hepfm.workflows.demo import demo
+    from hepfm.studies.demo import demo
 
     r = demo(args.out, workers=args.workers, seed=args.seed, objective=args.objective, n_labels=args.n_labels,
              pretrain_steps=args.pretrain_steps, finetune_steps=args.finetune_steps, backbone=args.backbone,

@@ -9,7 +9,8 @@ import numpy as np
 from hepfm.io import atomic_path
 
 
-def _plt():
+def pyplot():  # type: ignore[no-untyped-def]
+    """matplotlib.pyplot on the file-only Agg backend (plots are written, never shown)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -26,7 +27,7 @@ def roc_plot(path: Path, curves: dict[str, tuple[np.ndarray, np.ndarray]], title
     """
     from sklearn.metrics import roc_curve
 
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 4))
     for label, (scores, is_sig) in curves.items():
         fpr, tpr, _ = roc_curve(is_sig, scores)
@@ -40,12 +41,12 @@ def roc_plot(path: Path, curves: dict[str, tuple[np.ndarray, np.ndarray]], title
     if title:
         ax.set_title(title)
     ax.legend(fontsize=7)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def score_histogram(path: Path, scores: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...],
                     score_name: str) -> None:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 4))
     bins = np.linspace(0, 1, 41)
     for c, name in enumerate(class_names):
@@ -55,10 +56,11 @@ def score_histogram(path: Path, scores: np.ndarray, labels: np.ndarray, class_na
     ax.set_xlabel(score_name)
     ax.set_ylabel("density")
     ax.legend(fontsize=7)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
-def _save(fig, path: Path) -> None:  # type: ignore[no-untyped-def]
+def save_figure(fig, path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Write ``fig`` as PNG atomically and close it."""
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
     import matplotlib.pyplot as plt

@@ -53,7 +53,7 @@ MIN_MAP_JETS = 20
 def embedding_map(path: Path, emb: np.ndarray, labels: np.ndarray | None, class_names: tuple[str, ...],
                   method: str = "tsne", seed: int = 0) -> str:
     """Write a 2-D map of the embeddings; returns the method used."""
-    from hepfm.evaluation.plots import _plt, _save
+    from hepfm.evaluation.plots import pyplot, save_figure
 
     if method == "umap":
         try:
@@ -67,7 +67,7 @@ def embedding_map(path: Path, emb: np.ndarray, labels: np.ndarray | None, class_
 
         xy = TSNE(n_components=2, random_state=seed, perplexity=min(30.0, max(5.0, len(emb) / 10)),
                   init="pca").fit_transform(emb)
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
     if labels is None:
         ax.scatter(xy[:, 0], xy[:, 1], s=3, alpha=0.6)
@@ -80,7 +80,7 @@ def embedding_map(path: Path, emb: np.ndarray, labels: np.ndarray | None, class_
     ax.set_title(f"jet embeddings ({method})")
     ax.set_xticks([])
     ax.set_yticks([])
-    _save(fig, path)
+    save_figure(fig, path)
     return method
 
 

@@ -1,12 +1,14 @@
 """The objective contract shared by supervised training and every self-supervised method.
 
 An objective is an ``nn.Module`` whose ``forward(batch)`` returns an :class:`ObjectiveOutput` with a
-scalar ``loss`` (and tensors to log). The training engine calls only ``forward``, ``on_step_end``
-(EMA teachers, schedules) and, at validation, ``validation_outputs``; it never branches on the method.
+scalar ``loss`` (and tensors to log). The training engine calls only ``forward`` (training and
+validation), ``on_step_end`` (EMA teachers, schedules), ``collapsed`` and the optimizer hooks; the
+pretrain workflow calls ``prepare`` once before training. Neither branches on the method.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -44,9 +46,12 @@ class Objective(nn.Module):
     def on_step_end(self, step: int, total_steps: int) -> None:
         """Called after every optimizer step (e.g. to update an EMA target encoder)."""
 
-    def trainable_modules(self) -> list[nn.Module]:
-        """The parts that receive gradients (what DDP wraps); frozen teachers are left out."""
-        return [self]
+    def prepare(self, batches: Iterable[ParticleBatch]) -> None:
+        """Data-dependent set-up before the first step (e.g. MPM fits its token codebook); default none.
+
+        ``batches`` is lazy: an objective that needs no data costs no reading. Not called on a resume,
+        which restores the prepared state from the checkpoint.
+        """
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names excluded from weight decay, besides biases and norms (e.g. class tokens)."""

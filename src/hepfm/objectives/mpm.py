@@ -23,7 +23,7 @@ tokens, and a small transformer as the head (2 layers, 8 heads).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -59,7 +59,7 @@ class MPMConfig:
             embedding belongs to the objective, not the backbone, so the exported backbone is
             finetuned without the order information it was pretrained with.
         max_rank: size of the pT-rank embedding tables; ranks beyond it share the last entry.
-            Set it to the data's ``max_particles``.
+            ``None`` (the default): the data's particle cap, which the builder receives.
         head_dim, head_layers, head_heads, head_dropout: the prediction head, a small transformer
             over the backbone tokens (``head_layers: 0`` gives a per-particle MLP).
         regression_loss: ``mse`` or ``l1`` (``target: regression`` only).
@@ -72,7 +72,7 @@ class MPMConfig:
     codebook_iters: int = 30
     codebook_seed: int = 0
     ordering: str = "head"
-    max_rank: int = 128
+    max_rank: int | None = None
     head_dim: int = 128
     head_layers: int = 2
     head_heads: int = 8
@@ -87,7 +87,7 @@ class MPMConfig:
             "regression_loss must be mse or l1": self.regression_loss in ("mse", "l1"),
             "head_dim must be divisible by head_heads": (
                 self.head_heads > 0 and self.head_dim % self.head_heads == 0),
-            "max_rank must be >= 1": self.max_rank >= 1,
+            "max_rank must be >= 1": self.max_rank is None or self.max_rank >= 1,
             "head_layers must be >= 0": self.head_layers >= 0,
         }
         bad = [msg for msg, ok in checks.items() if not ok]
@@ -188,7 +188,7 @@ class MaskedParticleModelling(Objective):
     is saved in every checkpoint.
 
     Example:
-        >>> obj = MaskedParticleModelling(create_backbone("part-small", 7), 7, MPMConfig())
+        >>> obj = MaskedParticleModelling(create_backbone("part-small", 7), 7, MPMConfig(max_rank=128))
         >>> obj.prepare(sample_batches)  # fits the 512-token codebook
         >>> out = obj(batch)             # out.loss; out.logs["token_accuracy"]
     """
@@ -198,6 +198,9 @@ class MaskedParticleModelling(Objective):
     def __init__(self, backbone: Backbone, in_features: int, config: MPMConfig | None = None) -> None:
         super().__init__()
         cfg = config or MPMConfig()
+        if cfg.max_rank is None:
+            raise HepfmInputError("mpm: max_rank must be set (the registry builder takes it from the data's "
+                                  "particle cap)")
         self.config = cfg
         self.backbone = backbone
         self.in_features = in_features
@@ -297,10 +300,14 @@ class MaskedParticleModelling(Objective):
 
 @OBJECTIVES.register("mpm")
 def build(
-    backbone_factory: BackboneFactory, feature_set: FeatureSet, **options: Any
+    backbone_factory: BackboneFactory, feature_set: FeatureSet, *, max_particles: int | None = None, **options: Any
 ) -> MaskedParticleModelling:
-    """The registry builder: ``create_objective("mpm", factory, feature_set, options)``."""
+    """The registry builder: ``create_objective("mpm", factory, feature_set, options, max_particles=N)``."""
     config = from_dict(MPMConfig, options, "objective.options")
+    if config.max_rank is None:  # derived once, from the data's particle cap
+        if max_particles is None:
+            raise HepfmInputError("mpm: objective.options.max_rank is not set and no particle cap was given")
+        config = replace(config, max_rank=max_particles)
     backbone = backbone_factory()
     if backbone.in_features != feature_set.dim:
         raise HepfmInputError(

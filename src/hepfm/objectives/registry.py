@@ -1,8 +1,9 @@
 """Objective registry: ``hepfm pretrain --objective NAME`` builds objectives by name.
 
 A builder takes a zero-argument backbone factory (objectives that need two encoders, e.g. an EMA
-target, call it twice), the feature set the data uses (augmentations recompute features), and the
-objective's options; it returns an :class:`~hepfm.objectives.base.Objective` whose
+target, call it twice), the feature set the data uses (augmentations recompute features), the
+keyword ``max_particles`` (the data's particle cap, for what is sized by it; builders that need
+nothing from it ignore it) and the objective's options; it returns an :class:`~hepfm.objectives.base.Objective` whose
 ``export_backbone()`` is what finetuning starts from.
 """
 
@@ -36,9 +37,18 @@ def _import_all() -> None:
 
 
 def create_objective(name: str, backbone_factory: BackboneFactory, feature_set: FeatureSet,
-                     options: dict[str, Any] | None = None) -> Objective:
+                     options: dict[str, Any] | None = None, *, max_particles: int | None = None) -> Objective:
+    """Build objective ``name``; ``max_particles`` (the data's particle cap) sizes what depends on it
+    (MPM's pT-rank tables), so the user never repeats it in the objective's options."""
     _import_all()
-    return OBJECTIVES.get(name)(backbone_factory, feature_set, **(options or {}))
+    return OBJECTIVES.get(name)(backbone_factory, feature_set, max_particles=max_particles, **(options or {}))
+
+
+def objective_needs_labels(name: str) -> bool:
+    """Whether the objective trains on labels: its builder is marked ``needs_labels = True`` and takes
+    ``num_classes``. Workflows drop labels for every other objective, so none can use them by accident."""
+    _import_all()
+    return bool(getattr(OBJECTIVES.get(name), "needs_labels", False))
 
 
 def objective_names() -> list[str]:

@@ -14,10 +14,14 @@ from hepfm.objectives.supervised import Supervised
 
 
 @OBJECTIVES.register("supervised")
-def build(backbone_factory: BackboneFactory, feature_set: FeatureSet, *, num_classes: int | None = None,
+def build(backbone_factory: BackboneFactory, feature_set: FeatureSet, *, max_particles: int | None = None,
+          num_classes: int | None = None,
           head: str = "linear", head_options: dict[str, Any] | None = None, label_smoothing: float = 0.0) -> Supervised:
     if not num_classes or num_classes < 2:
         raise HepfmInputError("supervised pretraining needs labeled data with at least two classes")
     backbone = backbone_factory()
     return Supervised(backbone, create_head_for(head, backbone, num_classes, **(head_options or {})),
                       label_smoothing=label_smoothing)
+
+
+build.needs_labels = True  # type: ignore[attr-defined]

@@ -17,21 +17,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from hepfm import __version__
+from hepfm._version import __version__
 from hepfm.configs import load_preset, merge_run_config
 from hepfm.configs.sections import DataConfig, ModelConfig, section, split_sections
 from hepfm.data.features import FEATURE_SETS, FeatureSet
-from hepfm.data.formats import open_sources
-from hepfm.data.loader import make_loader
 from hepfm.errors import HepfmInputError
 from hepfm.evaluation.metrics import classification_metrics, softmax
 from hepfm.heads import create_head_for
-from hepfm.io import write_json_atomic
+from hepfm.io import check_folder_name, write_json_atomic
 from hepfm.models import create_backbone
 from hepfm.objectives.supervised import Supervised
 from hepfm.training import checkpoint as ckpt
 from hepfm.training.config import TrainConfig
 from hepfm.training.engine import Trainer, seed_everything
+from hepfm.workflows.data import evaluation_loader, open_data
 from hepfm.workflows.provenance import data_provenance, run_directory, write_run_header
 
 log = logging.getLogger(__name__)
@@ -84,115 +83,38 @@ def validation_metrics(class_names: tuple[str, ...]) -> Callable[[np.ndarray, np
     return metrics_fn
 
 
-def _class_names(sources: list[Any], what: str) -> tuple[str, ...]:
-    names = {tuple(s.class_names) for s in sources}
-    if len(names) > 1:
-        raise HepfmInputError(f"{what} files have different classes: {sorted(names)}")
-    unlabeled = [str(s.path) for s in sources if not s.has_labels]
-    if unlabeled:
-        raise HepfmInputError(f"supervised training needs labels, but {what} file has none", unlabeled[0])
-    return names.pop()
-
-
-def check_train_classes(sources: list[Any], n_jets: int | None, block: int = 65536) -> None:
-    """Refuse training files whose (first ``n_jets``) jets all carry one label: a classifier learns
-    nothing from them. Stops at the second class seen, so a normal file costs one block's read."""
-    seen: set[int] = set()
-    left = n_jets if n_jets is not None else sum(len(s) for s in sources)
-    for s in sources:
-        for start in range(0, len(s), block):
-            if left <= 0:
-                break
-            label = s.read(start, min(len(s), start + block, start + left)).label
-            left -= len(label)
-            seen |= set(np.unique(label).tolist())
-            if len(seen) > 1:
-                return
-    raise HepfmInputError(
-        f"the training set holds a single class ({sorted(seen)}): a classifier needs jets of at least two classes",
-        ", ".join(str(s.path) for s in sources),
-    )
-
-
-def _check_val_classes(loader: Any, n_classes: int, path: Any) -> None:
-    seen: set[int] = set()
-    for batch in loader:
-        seen |= set(batch.label.unique().tolist())
-        if len(seen) > 1:
-            return
-    raise HepfmInputError(
-        f"the validation set holds a single class ({sorted(seen)}): model selection needs at least two of {n_classes}",
-        path,
-    )
-
-
 def train(preset: str, delta: dict[str, Any], out: str | Path, *, resume: bool = True, restart: bool = False,
           progress: bool = True) -> dict[str, Any]:
     """Train a supervised tagger; returns the fit summary. Re-running into the same ``out`` resumes
     (with the same settings and data only); ``restart`` discards the previous run first."""
     data, model, tcfg = resolve_config(preset, delta)
-    if not data.train or not data.val:
-        raise HepfmInputError("training needs --data (training files) and --val (validation files)")
     out = Path(out)
     with run_directory(out, restart=restart):
         seed_everything(tcfg.seed)  # before the model is built: its initial weights are part of the run
         fs = FEATURE_SETS.get(data.features)
-        train_src = open_sources(data.train, max_particles=data.max_particles, skip_bad=data.skip_bad)
-        val_src = open_sources(data.val, max_particles=data.max_particles, skip_bad=data.skip_bad)
-        class_names = _class_names(train_src, "training")
-        if _class_names(val_src, "validation") != class_names:
-            raise HepfmInputError("validation classes differ from the training classes", val_src[0].path)
-        for s in (*train_src, *val_src):
-            fs.check_fields(_available_fields(s), s.path)
-        check_train_classes(train_src, data.n_train)
-        train_loader = make_loader(train_src, fs, data.batch_size, streaming=data.streaming, shuffle=True,
-                                   seed=tcfg.seed, num_workers=tcfg.num_workers, max_particles=data.max_particles,
-                                   n_jets=data.n_train, drop_last=True)
-        val_loader = make_loader(val_src, fs, data.batch_size, streaming=False, shuffle=False,
-                                 max_particles=data.max_particles, n_jets=data.n_val, rank=0, world_size=1)
-        _check_val_classes(val_loader, len(class_names), val_src[0].path)
+        d = open_data(data, fs, seed=tcfg.seed, labels="required", num_workers=tcfg.num_workers)
+        class_names = d.class_names
 
         spec = model_spec(model, fs, class_names, data.max_particles)
         objective = build_classifier(spec)
         resolved = {"data": asdict(data), "model": asdict(model), "train": tcfg.to_dict()}
-        write_run_header(out, resolved, preset, train_src, val_src,
+        write_run_header(out, resolved, preset, d.train_sources, d.val_sources,
                          n_parameters=sum(p.numel() for p in objective.parameters()))
         trainer = Trainer(objective, tcfg, out, spec, validation_metrics(class_names))
-        res = trainer.fit(train_loader, val_loader, resume=resume, progress=progress)
+        res = trainer.fit(d.train, d.val, resume=resume, progress=progress)
         summary = asdict(res) | {"run_dir": str(out), "n_parameters": sum(p.numel() for p in objective.parameters())}
         write_json_atomic(out / "train_summary.json", summary)
     return summary
 
 
-def _available_fields(source: Any) -> set[str]:
-    """Per-particle fields a source provides, from its header (no jets are read)."""
-    fields = getattr(source, "particle_fields", None)
-    if fields is None:  # a third-party JetSource without the attribute: look at one jet
-        return set(source.read(0, min(1, len(source))).particles)
-    return set(fields)
-
-
 # -- evaluation
-def check_folder_name(name: str, option: str) -> None:
-    """An output folder name must stay inside the run directory: one path component, not '.' or '..'."""
-    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
-        raise HepfmInputError(f"{option} must be a plain folder name (no '/', not '..'), got {name!r}")
-
-
 @torch.no_grad()
 def predict(model: Supervised, spec: dict[str, Any], patterns: list[str], batch_size: int = 256,
             skip_bad: bool = False, device: str = "cpu") -> tuple[np.ndarray, np.ndarray, list[Any]]:
     """Logits and labels of every jet in ``patterns`` with the checkpoint's own feature set."""
-    fs = FeatureSet.from_dict(spec["features"])
-    sources = open_sources(patterns, max_particles=spec["max_particles"], skip_bad=skip_bad)
-    for s in sources:
-        fs.check_fields(_available_fields(s), s.path)
-        if not s.has_labels:
-            raise HepfmInputError("evaluation needs labels, but the file has none", s.path)
-        if list(s.class_names) != spec["class_names"]:
-            raise HepfmInputError(
-                f"the file's classes {list(s.class_names)} differ from the model's {spec['class_names']}", s.path)
-    loader = make_loader(sources, fs, batch_size, streaming=True, shuffle=False, max_particles=spec["max_particles"])
+    loader, sources = evaluation_loader(patterns, FeatureSet.from_dict(spec["features"]), spec["max_particles"],
+                                        batch_size=batch_size, skip_bad=skip_bad,
+                                        class_names=tuple(spec["class_names"]))
     model = model.to(device).eval()
     logits, labels = [], []
     for batch in loader:
@@ -209,8 +131,6 @@ def evaluate(run_dir: str | Path, patterns: list[str], *, name: str | None = Non
     run_dir = Path(run_dir)
     if name is not None:
         check_folder_name(name, "--name")
-    if batch_size < 1:
-        raise HepfmInputError(f"--batch-size must be >= 1, got {batch_size}")
     model, spec = load(run_dir)
     logits, labels, sources = predict(model, spec, patterns, batch_size, skip_bad)
     class_names = tuple(spec["class_names"])

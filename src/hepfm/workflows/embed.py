@@ -9,15 +9,13 @@ import numpy as np
 import torch
 
 from hepfm.data.features import FeatureSet
-from hepfm.data.formats import open_sources
-from hepfm.data.loader import make_loader
 from hepfm.errors import HepfmInputError
 from hepfm.evaluation.representation import MIN_MAP_JETS, diagnostics, embedding_map
-from hepfm.io import write_json_atomic
+from hepfm.io import check_folder_name, write_json_atomic
 from hepfm.models import create_backbone
 from hepfm.objectives.base import jet_embedding
 from hepfm.training import checkpoint as ckpt
-from hepfm.workflows.classify import _available_fields, check_folder_name
+from hepfm.workflows.data import evaluation_loader
 
 
 def load_backbone(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any], Path]:
@@ -48,11 +46,8 @@ def embed(run: str | Path, patterns: list[str], *, n_jets: int = 2000, name: str
     if name is not None:
         check_folder_name(name, "--name")
     model, spec, file = load_backbone(run)
-    fs = FeatureSet.from_dict(spec["features"])
-    sources = open_sources(patterns, max_particles=spec["max_particles"])
-    for s in sources:
-        fs.check_fields(_available_fields(s), s.path)
-    loader = make_loader(sources, fs, 256, shuffle=False, max_particles=spec["max_particles"], n_jets=n_jets)
+    loader, sources = evaluation_loader(patterns, FeatureSet.from_dict(spec["features"]), spec["max_particles"],
+                                        n_jets=n_jets)
     embs, labels = [], []
     for batch in loader:
         embs.append(jet_embedding(model(batch)).float().numpy())

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from hepfm import __version__
+from hepfm._version import __version__
 from hepfm.errors import HepfmInputError
 from hepfm.io import LOCK_NAME, atomic_path, check_output_dir, file_identity, output_lock, write_json_atomic
 
@@ -39,7 +39,8 @@ def versions() -> dict[str, str]:
             pass
     try:
         root = Path(__file__).resolve().parents[3]
-        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             check=False)
         if sha.returncode == 0:
             out["git_commit"] = sha.stdout.strip()
     except (OSError, subprocess.SubprocessError):

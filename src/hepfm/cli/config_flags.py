@@ -1,0 +1,92 @@
+"""The one table from command-line flags to run-config keys (train, pretrain, finetune).
+
+A flag such as ``--batch-size`` is a shorthand for ``-o data.batch_size=...``: it is declared,
+documented and mapped here once, and each subcommand lists which flags it offers. The values then
+enter the typed run configuration with every other override, so a flag is checked exactly like the
+same key given in a preset or with ``-o``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass, replace
+from typing import Any
+
+from hepfm.training.config import apply_overrides
+
+
+@dataclass(frozen=True)
+class ConfigFlag:
+    """``--flag`` -> ``key``. ``kind``: str, int, float, files (one or more, globs allowed) or switch."""
+
+    flag: str
+    key: str
+    help: str | None = None
+    kind: str = "str"
+    required: bool = False
+
+    @property
+    def dest(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+
+_KINDS: dict[str, dict[str, Any]] = {
+    "str": {}, "int": {"type": int}, "float": {"type": float}, "files": {"nargs": "+"},
+    "switch": {"action": "store_true"},
+}
+
+DATA = ConfigFlag("--data", "data.train", "training files (globs allowed)", "files", required=True)
+VAL = ConfigFlag("--val", "data.val", "validation files (model selection only)", "files", required=True)
+BACKBONE = ConfigFlag("--backbone", "model.backbone", "registry name, e.g. part, part-small, particle_net, pfn, "
+                      "transformer")
+FEATURES = ConfigFlag("--features", "data.features", "kin, kinpid, full, jetclr")
+STEPS = ConfigFlag("--steps", "train.max_steps", "optimizer steps", "int")
+BATCH_SIZE = ConfigFlag("--batch-size", "data.batch_size", None, "int")
+LR = ConfigFlag("--lr", "train.optim.lr", None, "float")
+MAX_PARTICLES = ConfigFlag("--max-particles", "data.max_particles", "hardest constituents kept per jet", "int")
+N_TRAIN = ConfigFlag("--n-train", "data.n_train", "use only the first N training jets", "int")
+SEED = ConfigFlag("--seed", "train.seed", None, "int")
+DEVICE = ConfigFlag("--device", "train.device", "auto, cpu, cuda, cuda:1")
+STREAMING = ConfigFlag("--streaming", "data.streaming", "stream training data from disk (bigger than memory)",
+                       "switch")
+SKIP_BAD = ConfigFlag("--skip-bad", "data.skip_bad", "skip bad jets instead of stopping", "switch")
+HEADS = "linear, mlp, mean, class-attention, flatten"
+
+#: Subcommand -> the config flags it offers, in --help order.
+FLAGS: dict[str, tuple[ConfigFlag, ...]] = {
+    "train": (DATA, VAL, BACKBONE, ConfigFlag("--head", "model.head", HEADS), FEATURES, STEPS, BATCH_SIZE, LR,
+              MAX_PARTICLES, N_TRAIN, SEED, DEVICE, STREAMING, SKIP_BAD),
+    "pretrain": (ConfigFlag("--objective", "objective.name", "jetclr, mpm, jepa or supervised", required=True),
+                 DATA, replace(VAL, help="validation files (selects the exported backbone on validation loss)",
+                               required=False),
+                 BACKBONE, FEATURES, STEPS, BATCH_SIZE, LR, MAX_PARTICLES, N_TRAIN, SEED, DEVICE, STREAMING,
+                 SKIP_BAD),
+    "finetune": (replace(DATA, help="labeled training files (globs allowed)"), VAL,
+                 ConfigFlag("--head", "head.name", HEADS), STEPS, BATCH_SIZE, LR,
+                 ConfigFlag("--backbone-lr-scale", "finetune.backbone_lr_scale",
+                            "learning-rate multiplier of the pretrained backbone (--mode finetune)", "float"),
+                 SEED, DEVICE, SKIP_BAD),
+}
+
+
+def add_config_flags(p: argparse.ArgumentParser, command: str) -> None:
+    """Add ``command``'s config flags and the generic ``-o KEY=VALUE`` override to its parser."""
+    for f in FLAGS[command]:
+        kwargs = dict(_KINDS[f.kind], help=f.help)
+        if f.required:
+            kwargs["required"] = True
+        p.add_argument(f.flag, dest=f.dest, **kwargs)
+    p.add_argument("-o", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="dotted override of any config key, e.g. train.optim.name=ranger (repeatable)")
+
+
+def config_delta(args: argparse.Namespace, command: str) -> dict[str, Any]:
+    """The overrides ``args`` ask for: the flags given, then ``-o`` values (which win)."""
+    items = []
+    for f in FLAGS[command]:
+        value = getattr(args, f.dest)
+        if value is None or (f.kind == "switch" and not value):
+            continue
+        items.append(f"{f.key}={json.dumps(value)}")
+    return apply_overrides({}, items + list(args.overrides))

@@ -1,0 +1,236 @@
+"""The one data entry point of every workflow: files -> checked sources -> loaders.
+
+Every workflow reads jets the same way: open the files (bad files and jets are refused or skipped
+there), check that they provide the feature set's per-particle fields, check their classes, and wrap
+them in loaders. :func:`open_data` does that for the training workflows (train, pretrain, finetune)
+and :func:`open_inputs` for the ones that only read (evaluate, embed), so a check added here holds
+for every command.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from hepfm.configs.sections import DataConfig
+from hepfm.data.features import FeatureSet
+from hepfm.data.formats import ArraySource, open_sources
+from hepfm.data.jets import JetChunk
+from hepfm.data.loader import make_loader
+from hepfm.errors import HepfmInputError
+
+#: Jets read per block when scanning labels.
+READ_CHUNK = 50_000
+
+#: What a workflow does with labels: ``required`` (classifiers), ``dropped`` (self-supervised
+#: objectives never see them), ``unused`` (read-only diagnostics that use labels where present).
+Labels = Literal["required", "dropped", "unused"]
+
+
+@dataclass
+class TrainingData:
+    """Loaders and what they hold. ``class_names`` is ``()`` where labels are dropped."""
+
+    train: Any  # a JetLoader (or the label-dropping wrapper around one)
+    val: Any | None
+    train_sources: list[Any]
+    val_sources: list[Any]
+    class_names: tuple[str, ...]
+    per_class: dict[str, int]  # jets per class of a --n-labels subset, else {}
+
+
+def open_data(cfg: DataConfig, fs: FeatureSet, *, seed: int, labels: Labels, num_workers: int = 0,
+              n_labels: int | None = None, features_origin: str | None = None) -> TrainingData:
+    """Open, check and load a training workflow's data.
+
+    ``n_labels`` draws a class-balanced, seeded subset of the training jets (few-label finetuning).
+    ``features_origin`` names where the feature set came from (a pretrained backbone), for the message
+    when the data cannot provide it.
+    """
+    if not cfg.train:
+        raise HepfmInputError("no training files given (--data)")
+    train_src = open_inputs(cfg.train, fs, cfg.max_particles, cfg.skip_bad, features_origin)
+    val_src = open_inputs(cfg.val, fs, cfg.max_particles, cfg.skip_bad, features_origin) if cfg.val else []
+    names: tuple[str, ...] = ()
+    if labels == "required":
+        names = class_names(train_src, "training")
+        if val_src and class_names(val_src, "validation") != names:
+            raise HepfmInputError("validation classes differ from the training classes", val_src[0].path)
+    per_class: dict[str, int] = {}
+    sources, n_jets, streaming = train_src, cfg.n_train, cfg.streaming
+    if n_labels is not None:
+        if n_labels < max(1, len(names)):
+            raise HepfmInputError(f"--n-labels {n_labels} is fewer than the {len(names)} classes "
+                                  f"({', '.join(names)}): every class needs at least one label")
+        subset, per_class = balanced_subset(train_src, n_labels, seed)
+        sources = [ArraySource(subset, path=f"{train_src[0].path}[{n_labels} labels]")]
+        n_jets, streaming = None, False
+    if labels == "required":
+        check_train_classes(sources, n_jets)
+    # a few-label subset smaller than a batch still trains (one short batch per epoch)
+    drop_last = n_labels is None or len(sources[0]) > cfg.batch_size
+    train = make_loader(sources, fs, cfg.batch_size, streaming=streaming, shuffle=True, seed=seed,
+                        num_workers=num_workers, max_particles=cfg.max_particles, n_jets=n_jets, drop_last=drop_last)
+    val = (make_loader(val_src, fs, cfg.batch_size, shuffle=False, max_particles=cfg.max_particles,
+                       n_jets=cfg.n_val, rank=0, world_size=1) if val_src else None)
+    if labels == "required" and val is not None:
+        check_val_classes(val, len(names), val_src[0].path)
+    elif labels == "dropped":
+        train, val = WithoutLabels(train), (WithoutLabels(val) if val is not None else None)
+    return TrainingData(train, val, train_src, val_src, names, per_class)
+
+
+def open_inputs(patterns: list[str], fs: FeatureSet, max_particles: int, skip_bad: bool = False,
+                features_origin: str | None = None) -> list[Any]:
+    """Sources for ``patterns`` that provide every per-particle field ``fs`` needs (checked from headers)."""
+    sources = open_sources(patterns, max_particles=max_particles, skip_bad=skip_bad)
+    for s in sources:
+        try:
+            fs.check_fields(available_fields(s), s.path)
+        except HepfmInputError as err:
+            if features_origin is None:
+                raise
+            raise HepfmInputError(f"the pretrained backbone ({features_origin}) was trained on feature set "
+                                  f"{fs.name!r}, which this data cannot provide: {err.problem}", s.path) from None
+    return sources
+
+
+def evaluation_loader(patterns: list[str], fs: FeatureSet, max_particles: int, *, batch_size: int = 256,
+                      skip_bad: bool = False, n_jets: int | None = None,
+                      class_names: tuple[str, ...] | None = None) -> tuple[Any, list[Any]]:
+    """An unshuffled loader over test files for a trained model (evaluate, embed) and its sources.
+
+    ``class_names`` (a classifier's) makes labels required and equal to the model's classes.
+    """
+    if batch_size < 1:
+        raise HepfmInputError(f"--batch-size must be >= 1, got {batch_size}")
+    sources = open_inputs(patterns, fs, max_particles, skip_bad)
+    if class_names is not None:
+        for s in sources:
+            if not s.has_labels:
+                raise HepfmInputError("evaluation needs labels, but the file has none", s.path)
+            if tuple(s.class_names) != tuple(class_names):
+                raise HepfmInputError(
+                    f"the file's classes {list(s.class_names)} differ from the model's {list(class_names)}", s.path)
+    loader = make_loader(sources, fs, batch_size, streaming=n_jets is None, shuffle=False,
+                         max_particles=max_particles, n_jets=n_jets)
+    return loader, sources
+
+
+def available_fields(source: Any) -> set[str]:
+    """Per-particle fields a source provides, from its header (no jets are read)."""
+    fields = getattr(source, "particle_fields", None)
+    if fields is None:  # a third-party JetSource without the attribute: look at one jet
+        return set(source.read(0, min(1, len(source))).particles)
+    return set(fields)
+
+
+def class_names(sources: list[Any], what: str) -> tuple[str, ...]:
+    """The classes the files share; labels are required."""
+    names = {tuple(s.class_names) for s in sources}
+    if len(names) > 1:
+        raise HepfmInputError(f"{what} files have different classes: {sorted(names)}")
+    unlabeled = [str(s.path) for s in sources if not s.has_labels]
+    if unlabeled:
+        raise HepfmInputError(f"supervised training needs labels, but {what} file has none", unlabeled[0])
+    return names.pop()
+
+
+def check_train_classes(sources: list[Any], n_jets: int | None, block: int = 65536) -> None:
+    """Refuse training files whose (first ``n_jets``) jets all carry one label: a classifier learns
+    nothing from them. Stops at the second class seen, so a normal file costs one block's read."""
+    seen: set[int] = set()
+    left = n_jets if n_jets is not None else sum(len(s) for s in sources)
+    for s in sources:
+        for start in range(0, len(s), block):
+            if left <= 0:
+                break
+            label = s.read(start, min(len(s), start + block, start + left)).label
+            left -= len(label)
+            seen |= set(np.unique(label).tolist())
+            if len(seen) > 1:
+                return
+    raise HepfmInputError(
+        f"the training set holds a single class ({sorted(seen)}): a classifier needs jets of at least two classes",
+        ", ".join(str(s.path) for s in sources),
+    )
+
+
+def check_val_classes(loader: Any, n_classes: int, path: Any) -> None:
+    """Model selection on one class is meaningless: refuse validation data without two classes."""
+    seen: set[int] = set()
+    for batch in loader:
+        seen |= set(batch.label.unique().tolist())
+        if len(seen) > 1:
+            return
+    raise HepfmInputError(
+        f"the validation set holds a single class ({sorted(seen)}): model selection needs at least two of {n_classes}",
+        path,
+    )
+
+
+def balanced_subset(sources: list[Any], n_labels: int, seed: int) -> tuple[JetChunk, dict[str, int]]:
+    """``n_labels`` jets, as equal per class as the data allow, drawn with ``seed`` (reads labels in chunks)."""
+    labels = []
+    for s in sources:
+        for start in range(0, len(s), READ_CHUNK):
+            labels.append(s.read(start, min(start + READ_CHUNK, len(s)), fields=(), jet_fields=()).label)
+    y = np.concatenate(labels)
+    total = len(y)
+    if n_labels > total:
+        raise HepfmInputError(f"--n-labels {n_labels} is larger than the {total} labeled jets available",
+                              sources[0].path)
+    classes = np.unique(y)
+    rng = np.random.default_rng(seed)
+    per_class = {int(c): rng.permutation(np.flatnonzero(y == c)) for c in classes}
+    quota = {c: 0 for c in per_class}
+    left = n_labels
+    while left > 0:  # fill classes round-robin so small classes are not over-asked
+        open_classes = [c for c in per_class if quota[c] < len(per_class[c])]
+        for c in open_classes[:left]:
+            quota[c] += 1
+            left -= 1
+    chosen = np.sort(np.concatenate([per_class[c][: quota[c]] for c in per_class]))
+    chunks, offset = [], 0
+    for s in sources:
+        mine = chosen[(chosen >= offset) & (chosen < offset + len(s))] - offset
+        for start in range(0, len(s), READ_CHUNK):
+            rows = mine[(mine >= start) & (mine < start + READ_CHUNK)] - start
+            if len(rows):
+                chunks.append(s.read(start, min(start + READ_CHUNK, len(s))).take(rows))
+        offset += len(s)
+    subset = JetChunk.concat(chunks)
+    subset = subset.take(rng.permutation(len(subset)))
+    names = sources[0].class_names
+    return subset, {names[c]: int(quota[c]) for c in per_class}
+
+
+class WithoutLabels:
+    """A loader that drops labels, so that no self-supervised objective can use them by accident."""
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+        self.sampler = getattr(loader, "sampler", None)
+        self.dataset = getattr(loader, "dataset", None)
+        self.batch_size = getattr(loader, "batch_size", None)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.loader, "set_epoch"):
+            self.loader.set_epoch(epoch)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.loader.state_dict()  # type: ignore[no-any-return]
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.loader.load_state_dict(state)
+
+    def __iter__(self) -> Iterator[Any]:
+        for batch in self.loader:
+            batch.label = None
+            yield batch
