@@ -72,3 +72,21 @@ def test_bad_keys_and_values_are_refused_where_they_enter(override, message):
 
     with pytest.raises(HepfmInputError, match=message.replace(".", r"\.").replace("[", r"\[")):
         resolved("train", apply_overrides({}, [override]))
+
+
+def test_help_lists_what_the_registries_hold(capsys):
+    from hepfm.cli import main
+    from hepfm.heads import HEADS
+    from hepfm.models import BACKBONES
+    from hepfm.objectives.registry import objective_names
+
+    with pytest.raises(SystemExit):
+        main(["pretrain", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "{" not in text
+    for name in (*BACKBONES.names(), *objective_names()):
+        assert name in text.replace("- ", "-"), name  # argparse may wrap a name at its hyphen
+    with pytest.raises(SystemExit):
+        main(["finetune", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert all(name in text for name in HEADS.names())

@@ -159,7 +159,7 @@ def test_full_and_kinpid_against_hand_computation():
     np.testing.assert_array_equal(kp[..., 11:], x[..., 15:])
 
 
-@pytest.mark.parametrize("name", ["kin", "kinpid", "full", "jetclr"])
+@pytest.mark.parametrize("name", FEATURE_SETS.names())
 def test_padding_zero_and_invariant(name):
     rng = np.random.default_rng(1)
     jets = [[p4_of(rng.uniform(1, 50), rng.normal(0, 1), rng.uniform(-3.1, 3.1)) for _ in range(k)]
@@ -235,7 +235,7 @@ def test_requires():
     assert {"d0val", "d0err", "dzval", "dzerr"} <= set(FEATURE_SETS.get("full").requires)
 
 
-@pytest.mark.parametrize("name", ["kin", "kinpid", "full", "jetclr"])
+@pytest.mark.parametrize("name", FEATURE_SETS.names())
 def test_serialisation_round_trip(name):
     fs = FEATURE_SETS.get(name)
     d = json.loads(json.dumps(fs.to_dict()))

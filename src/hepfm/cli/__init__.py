@@ -20,11 +20,45 @@ from hepfm.io import is_output_error
 SUBCOMMANDS = ("generate", "inspect", "convert", "train", "evaluate", "pretrain", "finetune", "embed", "study", "demo")
 
 
+def _registry_names() -> dict[str, str]:
+    """Placeholder -> the registered names, for help texts. Imported only when help is shown: the
+    registries pull in torch, which every other command start would pay for."""
+    from hepfm.data.features import FEATURE_SETS
+    from hepfm.data.formats import FORMATS, WRITERS
+    from hepfm.heads import HEADS
+    from hepfm.models import BACKBONES
+    from hepfm.objectives.registry import objective_names
+
+    names = {"backbones": BACKBONES.names(), "heads": HEADS.names(), "features": FEATURE_SETS.names(),
+             "objectives": objective_names(), "formats": FORMATS.names(), "writers": WRITERS.names()}
+    return {f"{{{key}}}": ", ".join(sorted(value)) for key, value in names.items()}
+
+
 class OneLineParser(argparse.ArgumentParser):
-    """Usage errors in one line (``hepfm train: error: ...``, exit 2), pointing at ``--help``."""
+    """Usage errors in one line (``hepfm train: error: ...``, exit 2), pointing at ``--help``.
+
+    Help texts name registries as ``{backbones}``, ``{heads}``, ``{features}``, ``{objectives}``,
+    ``{formats}`` or ``{writers}``; ``--help`` fills in the registered names, so a new backbone (or
+    head, objective, ...) appears there without anyone editing a help string.
+    """
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def format_help(self) -> str:
+        texts = [a for a in self._actions if a.help and "{" in a.help]
+        if texts or (self.description and "{" in self.description):
+            names = _registry_names()
+            for action in texts:
+                action.help = _fill(action.help or "", names)
+            self.description = _fill(self.description or "", names) or None
+        return super().format_help()
+
+
+def _fill(text: str, names: dict[str, str]) -> str:
+    for key, value in names.items():
+        text = text.replace(key, value)
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:

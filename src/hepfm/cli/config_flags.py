@@ -38,9 +38,8 @@ _KINDS: dict[str, dict[str, Any]] = {
 
 DATA = ConfigFlag("--data", "data.train", "training files (globs allowed)", "files", required=True)
 VAL = ConfigFlag("--val", "data.val", "validation files (model selection only)", "files", required=True)
-BACKBONE = ConfigFlag("--backbone", "model.backbone", "registry name, e.g. part, part-small, particle_net, pfn, "
-                      "transformer")
-FEATURES = ConfigFlag("--features", "data.features", "kin, kinpid, full, jetclr")
+BACKBONE = ConfigFlag("--backbone", "model.backbone", "one of {backbones}")
+FEATURES = ConfigFlag("--features", "data.features", "one of {features}")
 STEPS = ConfigFlag("--steps", "train.max_steps", "optimizer steps", "int")
 BATCH_SIZE = ConfigFlag("--batch-size", "data.batch_size", None, "int")
 LR = ConfigFlag("--lr", "train.optim.lr", None, "float")
@@ -51,13 +50,13 @@ DEVICE = ConfigFlag("--device", "train.device", "auto, cpu, cuda, cuda:1")
 STREAMING = ConfigFlag("--streaming", "data.streaming", "stream training data from disk (bigger than memory)",
                        "switch")
 SKIP_BAD = ConfigFlag("--skip-bad", "data.skip_bad", "skip bad jets instead of stopping", "switch")
-HEADS = "linear, mlp, mean, class-attention, flatten"
+HEADS = "one of {heads}"
 
 #: Subcommand -> the config flags it offers, in --help order.
 FLAGS: dict[str, tuple[ConfigFlag, ...]] = {
     "train": (DATA, VAL, BACKBONE, ConfigFlag("--head", "model.head", HEADS), FEATURES, STEPS, BATCH_SIZE, LR,
               MAX_PARTICLES, N_TRAIN, SEED, DEVICE, STREAMING, SKIP_BAD),
-    "pretrain": (ConfigFlag("--objective", "objective.name", "jetclr, mpm, jepa or supervised", required=True),
+    "pretrain": (ConfigFlag("--objective", "objective.name", "one of {objectives}", required=True),
                  DATA, replace(VAL, help="validation files (selects the exported backbone on validation loss)",
                                required=False),
                  BACKBONE, FEATURES, STEPS, BATCH_SIZE, LR, MAX_PARTICLES, N_TRAIN, SEED, DEVICE, STREAMING,

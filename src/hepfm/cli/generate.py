@@ -10,6 +10,8 @@ from hepfm.errors import HepfmInputError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from hepfm.data.formats import WRITERS
+
     from hepfm.generation.detector import DETECTORS
     from hepfm.generation.processes import DATASETS
 
@@ -23,7 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("dataset", choices=DATASETS.names(), help="which public dataset to imitate")
     p.add_argument("--n-jets", type=int, required=True, help="total number of jets (all classes)")
     p.add_argument("--out", required=True, help="output file")
-    p.add_argument("--format", dest="fmt", default="hepfm", choices=("hepfm", "toptag-h5", "jetclass-root"),
+    p.add_argument("--format", dest="fmt", default="hepfm", choices=sorted(WRITERS.names()),
                    help="hepfm's HDF5 (default), or the public layouts themselves")
     p.add_argument("--detector", default="none", choices=DETECTORS.names(),
                    help="particle level (none) or a detector-like preset (see docs/generator.md)")

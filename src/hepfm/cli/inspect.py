@@ -32,7 +32,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--skip-bad", action="store_true", help="skip bad jets and report how many per reason")
     p.add_argument("--max-jets", type=positive_int, metavar="N", help="read at most N jets of each file")
-    p.add_argument("--format", metavar="NAME", help="force a format (hepfm, toptag-h5, jetclass-root)")
+    p.add_argument("--format", metavar="NAME", help="force a format (one of {formats})")
     p.add_argument(
         "--chunk-size",
         type=positive_int,

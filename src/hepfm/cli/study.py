@@ -29,11 +29,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val", nargs="+", required=True)
     p.add_argument("--test", nargs="+", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--objectives", type=_names, default=["jetclr"])
+    p.add_argument("--objectives", type=_names, default=["jetclr"], help="comma-separated, among {objectives}")
     p.add_argument("--modes", type=_names, default=["finetune", "frozen", "scratch"])
     p.add_argument("--n-labels", type=_ints, default=[1000])
     p.add_argument("--seeds", type=_ints, default=[1, 2, 3])
-    p.add_argument("--head", default="linear")
+    p.add_argument("--head", default="linear", help="one of {heads}")
     p.add_argument("--pretrain-preset")
     p.add_argument("--finetune-preset", default="cpu-small")
     p.add_argument("--pretrain-set", action="append", default=[], metavar="KEY=VALUE",
