@@ -46,25 +46,76 @@ def test_evaluate_beats_random_on_the_official_layout(trained, toptag_files, cap
     assert (out / "metrics.json").exists() and (out / "roc.png").stat().st_size > 1000
 
 
-def test_hepfm_load_gives_the_same_scores(trained, toptag_files):
+def test_hepfm_load_gives_the_same_scores(trained, toptag_files, capsys):
+    """``hepfm.load`` rebuilds the selected model: on the validation file it reproduces the metrics recorded
+    when the checkpoint was chosen, on the test file those of ``hepfm evaluate``, and it loads the same twice."""
+    import torch
+
     import hepfm
-    from hepfm.workflows.classify import predict
+    from hepfm.workflows.classify import predict, validation_metrics
 
     model, spec = hepfm.load(trained)
-    logits, labels, _ = predict(model, spec, [str(toptag_files["test"])])
+    logits, labels, _ = predict(model, spec, [str(toptag_files["val"])])
     assert logits.shape == (400, 2) and np.isfinite(logits).all()
+    recorded = spec["val_metrics"]  # written by the engine at the best step, from its own validation pass
+    val_loss = torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels)).item()
+    assert val_loss == pytest.approx(recorded["val_loss"], rel=1e-4, abs=1e-6)
+    for k, v in validation_metrics(tuple(spec["class_names"]))(logits, labels).items():
+        assert v == pytest.approx(recorded[f"val_{k}"], rel=1e-4, abs=1e-6), k
+
+    test_logits, test_labels, _ = predict(model, spec, [str(toptag_files["test"])])
+    assert main(["evaluate", str(trained), "--data", str(toptag_files["test"]), "--json", "--name", "load"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    for k, v in validation_metrics(tuple(spec["class_names"]))(test_logits, test_labels).items():
+        assert v == pytest.approx(evaluated[k], rel=1e-6), k
+    again, spec2 = hepfm.load(trained)
+    np.testing.assert_array_equal(predict(again, spec2, [str(toptag_files["test"])])[0], test_logits)
 
 
-def test_resume_continues_to_more_steps(trained, toptag_files, tmp_path):
-    import shutil
+def test_resume_to_more_steps_equals_a_straight_run(toptag_files, tmp_path):
+    """Train 12 steps, then re-run to 20: the same final weights and validation losses, bitwise, as one
+    20-step run with the same seed. (A constant schedule: a cosine spread over 12 steps is not the one
+    over 20, so an extended cosine run continues on purpose differently.)"""
+    import torch
 
-    run = tmp_path / "cont"
-    shutil.copytree(trained, run)
     f = toptag_files
-    args = ["train", "--data", str(f["train"]), "--val", str(f["val"]), "--out", str(run), "--backbone", "part-small"]
-    assert main(args + [a if a != "120" else "160" for a in FAST]) == 0
-    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert max(steps) == 160 and steps.count(120) >= 1
+    fast = ["--batch-size", "32", "--max-particles", "32", "--no-progress", "-o", "train.eval_every=4",
+            "-o", "train.ckpt_every=4", "-o", "train.schedule.name=constant", "-o", "train.schedule.warmup_steps=4"]
+
+    def train(out, steps: int) -> dict:
+        assert main(["train", "--data", str(f["train"]), "--val", str(f["val"]), "--out", str(out),
+                     "--backbone", "part-small", "--steps", str(steps), *fast]) == 0
+        return json.loads((out / "train_summary.json").read_text())
+
+    assert train(tmp_path / "cont", 12)["steps"] == 12
+    cont, straight = train(tmp_path / "cont", 20), train(tmp_path / "straight", 20)
+    assert cont["steps"] == straight["steps"] == 20 and cont["stop_reason"] == straight["stop_reason"] == "max_steps"
+    assert (cont["jets"], straight["jets"]) == (8 * 32, 20 * 32)  # the re-run resumed: it trained 8 steps only
+
+    def val_losses(run) -> dict[int, float]:
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return {r["step"]: r["val_loss"] for r in rows if "val_loss" in r}
+
+    assert val_losses(tmp_path / "cont") == val_losses(tmp_path / "straight")
+    assert sorted(val_losses(tmp_path / "cont")) == [4, 8, 12, 16, 20]
+    a, b = (torch.load(r / "checkpoints" / "last.pt", weights_only=False) for r in (tmp_path / "cont",
+                                                                                  tmp_path / "straight"))
+    assert a["step"] == b["step"] == 20
+    for k, v in b["model"].items():
+        torch.testing.assert_close(a["model"][k], v, rtol=0, atol=0)
+
+
+def test_epoch_budget_from_the_command_line(toptag_files, tmp_path):
+    """``-o train.max_epochs=1 -o train.max_steps=null``: one pass over 1600 jets in batches of 64 (25 steps),
+    and the summary says which budget ended the run."""
+    f = toptag_files
+    run = tmp_path / "epochs"
+    assert main(["train", "--data", str(f["train"]), "--val", str(f["val"]), "--out", str(run),
+                 "--backbone", "pfn-small", "--batch-size", "64", "--max-particles", "32", "--no-progress",
+                 "-o", "train.max_epochs=1", "-o", "train.max_steps=null", "-o", "train.eval_every=25"]) == 0
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert (summary["steps"], summary["budget_steps"], summary["stop_reason"]) == (25, 25, "max_epochs")
+    assert summary["epochs"] == 1.0 and summary["jets"] == 1600
 
 
 def one_line_error(capsys, code: int) -> str:
@@ -124,6 +175,9 @@ def test_every_train_preset_resolves_and_part_toptag_is_the_part_recipe():
     for name in list_presets("train"):
         data, model, train = resolve_config(name, {})
         assert data.batch_size > 0 and model.backbone and train.max_steps > 0, name
+        assert train.max_epochs is None, name  # --steps N maps to max_steps: it must mean exactly N steps
+    _, _, train = resolve_config("cpu-small", {})
+    assert (train.max_steps, train.early_stop_patience, train.max_minutes) == (300, 10, 120)
     data, model, train = resolve_config("part-toptag", {})
     # weaver's Ranger (RAdam betas 0.95/0.999, eps 1e-5, Lookahead 6/0.5), no clipping, as ParT's recipe
     assert (model.backbone, data.max_particles, data.batch_size) == ("part", 128, 512)

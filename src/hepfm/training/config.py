@@ -57,7 +57,12 @@ class TrainConfig:
     """Everything the engine needs; saved resolved beside every run. Values are checked on entry."""
 
     seed: int = 1
-    max_steps: int = 1000
+    # Budget: training stops at the first of max_steps optimizer steps, max_epochs passes over the training
+    # loader (max_epochs x len(loader) // grad_accum steps) and max_minutes of wall time. The learning-rate
+    # schedule is spread over the smaller step budget. max_steps null leaves the epochs to set it.
+    max_steps: int | None = 1000
+    max_epochs: int | None = None
+    max_minutes: float | None = None  # wall-clock guard per invocation; a re-run resumes where it stopped
     grad_accum: int = 1
     clip_grad: float = 1.0  # 0 disables
     amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 (with grad scaling) | none
@@ -78,8 +83,15 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         require(0 <= self.seed < 2**63, "train.seed", "must be a non-negative integer", self.seed)
-        for key in ("max_steps", "grad_accum", "eval_every", "ckpt_every", "log_every", "collapse_patience"):
+        for key in ("grad_accum", "eval_every", "ckpt_every", "log_every", "collapse_patience"):
             require(getattr(self, key) >= 1, f"train.{key}", "must be >= 1", getattr(self, key))
+        for key in ("max_steps", "max_epochs"):
+            value = getattr(self, key)
+            require(value is None or value >= 1, f"train.{key}", "must be >= 1 (or null for no limit)", value)
+        require(self.max_steps is not None or self.max_epochs is not None, "train.max_steps",
+                "may be null only with train.max_epochs set (training needs a budget)", self.max_steps)
+        require(self.max_minutes is None or self.max_minutes > 0, "train.max_minutes", "must be > 0 (or null)",
+                self.max_minutes)
         for key in ("early_stop_patience", "num_workers"):
             require(getattr(self, key) >= 0, f"train.{key}", "must be >= 0", getattr(self, key))
         require(self.clip_grad >= 0, "train.clip_grad", "must be >= 0 (0 disables clipping)", self.clip_grad)

@@ -4,6 +4,10 @@ It knows only the :class:`~hepfm.objectives.base.Objective` contract (``forward(
 loss). Phases per step: schedule -> (micro-batches: autocast forward, scaled backward) -> unscale,
 clip, step -> ``on_step_end`` -> periodic log / validate / checkpoint. Losses stay on the device and
 are read only at log time, so the step never waits on the GPU.
+
+A fit ends at its step budget (``train.max_steps``, or ``train.max_epochs`` passes over the training
+loader if that comes first; the schedule spans it), on early stopping, or at the wall-clock guard
+``train.max_minutes``; ``FitResult.stop_reason`` says which.
 """
 
 from __future__ import annotations
@@ -38,6 +42,10 @@ log = logging.getLogger(__name__)
 #: validation hook: (logits (B,K) numpy, labels (B,) numpy) -> metrics
 MetricsFn = Callable[[np.ndarray, np.ndarray], dict[str, float]]
 
+#: Why a fit ended (``FitResult.stop_reason``): a step or epoch budget, no improvement on validation,
+#: or the wall-clock guard (the only one that leaves the run unfinished: running it again resumes it).
+STOP_REASONS = ("max_steps", "max_epochs", "early_stopping", "time_limit")
+
 
 class TrainingDivergedError(HepfmInputError):
     """The loss became NaN/inf; the last good checkpoint is kept."""
@@ -49,9 +57,36 @@ class FitResult:
     best_metric: float | None
     best_step: int | None
     stopped_early: bool
-    seconds: float
-    jets_per_second: float
+    seconds: float  # of this invocation (a resumed run counts only its own part)
+    jets_per_second: float  # all ranks together
     device: str = ""  # what the time was measured on, e.g. "cpu (2 threads)" or "cuda: NVIDIA H100 ..."
+    stop_reason: str = ""  # one of STOP_REASONS
+    budget_steps: int = 0  # the step budget the schedule was spread over (max_steps or max_epochs)
+    epochs: float | None = None  # passes over the training loader so far (None: the loader has no length)
+    jets: int = 0  # jets trained on in this invocation, all ranks together
+
+
+def step_budget(cfg: TrainConfig, train_loader: Iterable[ParticleBatch]) -> tuple[int, str, int | None]:
+    """(steps, the budget that sets them, batches per epoch): the smaller of ``max_steps`` and
+    ``max_epochs`` x optimizer steps per epoch, from ``len(loader)`` (per rank under DDP), once per fit.
+
+    The data and config of a resumed run are those it started with, so the budget, and with it the
+    schedule, is the same: resume stays exact. A tie counts as ``max_steps``."""
+    try:
+        per_epoch: int | None = len(train_loader)  # type: ignore[arg-type]
+    except TypeError:
+        per_epoch = None
+    if cfg.max_epochs is None:
+        return cfg.max_steps, "max_steps", per_epoch  # type: ignore[return-value]  # config: one is set
+    if per_epoch is None:
+        raise HepfmInputError("train.max_epochs needs a training loader with a length (batches per epoch); "
+                              "use train.max_steps instead")
+    if per_epoch == 0:
+        raise HepfmInputError("the training data yields no batches (empty dataset or batch larger than it)")
+    by_epochs = max(1, cfg.max_epochs * per_epoch // cfg.grad_accum)
+    if cfg.max_steps is not None and cfg.max_steps <= by_epochs:
+        return cfg.max_steps, "max_steps", per_epoch
+    return by_epochs, "max_epochs", per_epoch
 
 
 def describe_device(device: torch.device) -> str:
@@ -94,6 +129,25 @@ def deterministic_kernels(enabled: bool) -> Iterator[None]:
         torch.backends.cudnn.benchmark = benchmark
 
 
+@contextlib.contextmanager
+def denormals_flushed(enabled: bool) -> Iterator[None]:
+    """Flush denormal floats to zero during a CPU fit, and restore the caller's setting after.
+
+    Adam's second moments and small attention weights underflow into denormals, which run ~10x slower
+    on x86 CPUs; flushing them changes nothing measurable in training. The setting is process-wide
+    CPU state, so it must not outlive the fit (a notebook or a test session would inherit it).
+    """
+    tiny = float("5e-324")  # the smallest denormal, made at run time so the product below is too
+    was = tiny * 1.0 == 0.0
+    if not enabled or was or not torch.set_flush_denormal(True):  # False: the CPU cannot
+        yield
+        return
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
+
+
 def _rng_isolated(loader: Iterable[ParticleBatch]) -> Iterator[ParticleBatch]:
     """Iterate a loader without touching the global RNG (DataLoader.__iter__ draws a seed from it):
     the model's random stream then depends on the step alone, which makes resume exact."""
@@ -118,16 +172,11 @@ class Trainer:
         self.metrics_fn = metrics_fn
         self.dist = dist_info or setup_distributed()
         self.device = resolve_device(cfg.device, self.dist)
-        if self.device.type == "cpu":
-            # Adam's second moments and small attention weights underflow into denormals, which run
-            # ~10x slower on x86 CPUs; flushing them to zero changes nothing measurable in training.
-            torch.set_flush_denormal(True)
         self.objective = objective.to(self.device)
         self.amp_dtype = self._amp_dtype()
         self.scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None
         self.optimizer = build_optimizer(objective, cfg.optim, objective.no_weight_decay(),
                                          objective.param_groups_lr_scale())
-        self.schedule = SCHEDULES.get(cfg.schedule.name)(cfg.schedule, cfg.max_steps)
         self.model: nn.Module = objective
         if self.dist.enabled:
             self.model = nn.parallel.DistributedDataParallel(
@@ -142,6 +191,7 @@ class Trainer:
         self.best: float | None = None
         self.best_step: int | None = None
         self.bad_evals = 0
+        self.early_stopped = False  # a finished run: running it again trains no further
         self.collapsed_logs = 0
 
     def _amp_dtype(self) -> torch.dtype | None:
@@ -169,9 +219,6 @@ class Trainer:
                 # hepfm's JetLoader resumes mid-epoch itself (without collating the skipped batches)
                 loader.load_state_dict(loader.state_dict() | {"epoch": self.epoch, "batches": skip})
                 skip = 0
-            elif skip and hasattr(sampler, "start_at"):
-                sampler.start_at(skip * getattr(loader, "batch_size", 1))
-                skip = 0
             n = 0
             for batch in _rng_isolated(loader):
                 if skip:
@@ -191,7 +238,8 @@ class Trainer:
             "model": self.objective.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler else None, "step": self.step, "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch, "best": self.best, "best_step": self.best_step,
-            "bad_evals": self.bad_evals, "rng": ckpt.rng_state(), "config": self.cfg.to_dict(), "spec": self.spec,
+            "bad_evals": self.bad_evals, "early_stopped": self.early_stopped, "rng": ckpt.rng_state(),
+            "config": self.cfg.to_dict(), "spec": self.spec,
         }
 
     def save_last(self) -> None:
@@ -211,6 +259,7 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         for k in ("step", "epoch", "batch_in_epoch", "best", "best_step", "bad_evals"):
             setattr(self, k, state[k])
+        self.early_stopped = bool(state.get("early_stopped", False))
         ckpt.set_rng_state(state["rng"])
         self.logger.truncate_after(self.step)
         log.info("resumed from %s at step %d", path, self.step)
@@ -219,7 +268,7 @@ class Trainer:
     # -- the loop
     def fit(self, train_loader: Iterable[ParticleBatch], val_loader: Iterable[ParticleBatch] | None = None,
             resume: bool = True, progress: bool = True) -> FitResult:
-        with deterministic_kernels(self.cfg.deterministic):
+        with deterministic_kernels(self.cfg.deterministic), denormals_flushed(self.device.type == "cpu"):
             return self._fit(train_loader, val_loader, resume, progress)
 
     def _fit(self, train_loader: Iterable[ParticleBatch], val_loader: Iterable[ParticleBatch] | None,
@@ -228,19 +277,22 @@ class Trainer:
 
         cfg = self.cfg
         seed_everything(cfg.seed + self.dist.rank)
+        total, budget, per_epoch = step_budget(cfg, train_loader)
+        schedule = SCHEDULES.get(cfg.schedule.name)(cfg.schedule, total)
         if not (resume and self.try_resume()):
             self.save_last()  # step 0 is a good checkpoint: divergence at step 1 still leaves one
         batches = self._batches(train_loader)
-        bar = tqdm(total=cfg.max_steps, initial=self.step, unit="step", disable=not (progress and self.dist.is_main),
-                   file=sys.stderr, dynamic_ncols=True)
+        bar = tqdm(total=total, initial=min(self.step, total), unit="step",
+                   disable=not (progress and self.dist.is_main), file=sys.stderr, dynamic_ncols=True)
         sums: dict[str, torch.Tensor] = {}
         bad = torch.zeros((), dtype=torch.bool, device=self.device)
-        n_jets, t0, t_log, jets_log = 0, time.perf_counter(), time.perf_counter(), 0
-        stopped = False
+        n_jets, t0, t_log, jets_log, steps_log = 0, time.perf_counter(), time.perf_counter(), 0, 0
+        deadline = t0 + 60 * cfg.max_minutes if cfg.max_minutes else None
+        reason = "early_stopping" if self.early_stopped else budget
         self.objective.train()
-        while self.step < cfg.max_steps:
+        while self.step < total and not self.early_stopped:
             for g in self.optimizer.param_groups:
-                g["lr"] = cfg.optim.lr * g.get("lr_scale", 1.0) * self.schedule(self.step)
+                g["lr"] = cfg.optim.lr * g.get("lr_scale", 1.0) * schedule(self.step)
             # The RNG stream (dropout, augmentations, masks) is a function of (seed, step, rank) alone, so
             # a resumed run draws exactly what the uninterrupted one would, whatever the loader consumed.
             torch.manual_seed((cfg.seed * 1_000_003 + self.step) * self.dist.world_size + self.dist.rank)
@@ -257,21 +309,33 @@ class Trainer:
                 n_jets += len(batch)
             grad_norm = self._optimizer_step()
             sums["grad_norm"] = sums.get("grad_norm", 0) + grad_norm * cfg.grad_accum
-            self.objective.on_step_end(self.step, cfg.max_steps)
+            self.objective.on_step_end(self.step, total)
             self.step += 1
+            steps_log += 1
             bar.update(1)
-            if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+            log_now = self.step % cfg.log_every == 0 or self.step == total
+            # under DDP the ranks agree on stopping only at log steps, where they compare clocks
+            late = deadline is not None and time.perf_counter() >= deadline and (log_now or not self.dist.enabled)
+            if log_now or late:  # a run stopped by the clock logs its last, partial interval too
                 now = time.perf_counter()
-                row = self._log_row(sums, bad, now - t_log, n_jets - jets_log)
+                # under DDP, the one collective of a log step: all ranks' jets, and whether any rank is late
+                jets, late = self._across_ranks(n_jets - jets_log, late)
+                row = self._log_row(sums, bad, now - t_log, jets, steps_log)
                 bar.set_postfix(loss=f"{row['train_loss']:.4f}", jets_s=f"{row['jets_per_s']:.0f}")
-                sums, t_log, jets_log = {}, now, n_jets
-            if val_loader is not None and (self.step % cfg.eval_every == 0 or self.step == cfg.max_steps):
-                stopped = self._evaluate(val_loader)
-            if self.step % cfg.ckpt_every == 0 or self.step == cfg.max_steps or stopped:
+                sums, t_log, jets_log, steps_log = {}, now, n_jets, 0
+            if val_loader is not None and (self.step % cfg.eval_every == 0 or self.step == total):
+                self.early_stopped = self._evaluate(val_loader)
+            if self.step % cfg.ckpt_every == 0 or self.step == total or self.early_stopped or late:
                 self._check_finite(bad)
                 self.save_last()
-            if stopped:
+            if self.early_stopped:
                 log.info("early stopping at step %d (best %s at step %s)", self.step, self.best, self.best_step)
+                reason = "early_stopping"
+                break
+            if late and self.step < total:
+                log.info("stopping at step %d after train.max_minutes=%s; run again to resume", self.step,
+                         cfg.max_minutes)
+                reason = "time_limit"
                 break
         bar.close()
         self._check_finite(bad)
@@ -279,8 +343,19 @@ class Trainer:
             ckpt.save_weights(self.run_dir / "best", self.objective, self.spec)
         self.logger.close()
         secs = time.perf_counter() - t0
-        return FitResult(self.step, self.best, self.best_step, stopped, secs, n_jets / max(secs, 1e-9),
-                         describe_device(self.device))
+        jets_all = self._across_ranks(n_jets, False)[0]
+        epochs = (self.epoch + self.batch_in_epoch / per_epoch) if per_epoch else None
+        return FitResult(self.step, self.best, self.best_step, reason == "early_stopping", secs,
+                         jets_all / max(secs, 1e-9), describe_device(self.device), reason, total, epochs, jets_all)
+
+    def _across_ranks(self, jets: int, late: bool) -> tuple[int, bool]:
+        """Jets summed over DDP ranks, and whether any rank passed the time limit (all ranks must stop at
+        the same step, or the others would wait for it in their next all-reduce)."""
+        if not self.dist.enabled:
+            return jets, late
+        t = torch.tensor([float(jets), float(late)], device=self.device)
+        torch.distributed.all_reduce(t)
+        return int(t[0].item()), bool(t[1].item())
 
     def _optimizer_step(self) -> torch.Tensor:
         params = [p for p in self.objective.parameters() if p.requires_grad]
@@ -304,9 +379,11 @@ class Trainer:
                 f"training diverged: the loss became NaN/inf before step {self.step}; the last good checkpoint "
                 f"is kept in {self.ckpt_dir} (lower the learning rate, or check the inputs)")
 
-    def _log_row(self, sums: dict[str, torch.Tensor], bad: torch.Tensor, dt: float, jets: int) -> dict[str, Any]:
+    def _log_row(self, sums: dict[str, torch.Tensor], bad: torch.Tensor, dt: float, jets: int,
+                 n: int) -> dict[str, Any]:
+        """One metrics row: means over the interval's ``n`` steps (fewer than log_every after a resume or
+        at the end), learning rate, throughput."""
         self._check_finite(bad)
-        n = self.cfg.log_every if self.step % self.cfg.log_every == 0 else self.step % self.cfg.log_every
         n_micro = n * self.cfg.grad_accum
         row: dict[str, Any] = {"step": self.step, "epoch": self.epoch}
         for k, v in sums.items():
@@ -318,7 +395,7 @@ class Trainer:
                 f"representation collapse at step {self.step}: {reason}; the last good checkpoint is kept in "
                 f"{self.ckpt_dir} (try a lower learning rate, a slower EMA, or stronger augmentations)")
         row["lr"] = self.optimizer.param_groups[0]["lr"]
-        row["jets_per_s"] = jets * self.dist.world_size / max(dt, 1e-9)
+        row["jets_per_s"] = jets / max(dt, 1e-9)  # jets of all ranks (summed by the caller)
         self.logger.log(row)
         return row
 
