@@ -51,7 +51,8 @@ def test_finetune_modes_and_evaluate(pretrained, toptag_files, tmp_path, mode, c
     run = tmp_path / mode
     f = toptag_files
     assert main(["finetune", "--pretrained", str(pretrained["jetclr"]), "--data", str(f["train"]), "--val", str(f["val"]),
-                 "--n-labels", "100", "--mode", mode, "--head", "linear", "--out", str(run), *FT]) == 0
+                 "--n-labels", "100", "--mode", mode, "--head", "linear", "--out", str(run), *FT,
+                 "--steps", "80", "--lr", "5e-3", "-o", "train.schedule.warmup_steps=5"]) == 0
     summary = json.loads((run / "train_summary.json").read_text())
     assert summary["per_class"] == {"QCD": 50, "Top": 50}
     pre = load_file(str(pretrained["jetclr"] / "backbone.safetensors"))
@@ -62,6 +63,10 @@ def test_finetune_modes_and_evaluate(pretrained, toptag_files, tmp_path, mode, c
     assert main(["evaluate", str(run), "--data", str(f["test"]), "--json", "--no-plots"]) == 0
     m = json.loads(capsys.readouterr().out)
     assert m["n_jets"] == 400 and 0.0 <= m["auc"] <= 1.0
+    if mode == "scratch":  # top vs QCD is separable: 80 steps on 100 labels learn it well above chance.
+        # (The fixture's 12-step pretraining carries no usable features, so the frozen and finetune
+        # modes are checked above for what they do to the weights, not for their scores.)
+        assert m["auc"] > 0.7, m["auc"]
 
 
 def test_embed_diagnostics(pretrained, toptag_files, capsys):

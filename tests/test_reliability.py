@@ -208,3 +208,20 @@ def test_atomic_outputs_get_a_normal_files_mode(tmp_path):
     finally:
         os.umask(mask)
     assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o644  # not mkstemp's private 0600
+
+
+def test_a_study_resumes_cells_stopped_by_the_clock(tmp_path):
+    from hepfm.studies.fewshot import finished
+
+    run = tmp_path / "cell"
+    run.mkdir()
+    assert not finished(run)
+    (run / "best.safetensors").write_bytes(b"x")
+    assert not finished(run)  # no summary: it never finished
+    for reason, done in (("time_limit", False), ("max_steps", True), ("early_stopping", True)):
+        (run / "train_summary.json").write_text(json.dumps({"stop_reason": reason}))
+        assert finished(run) == done, reason
+    pre = tmp_path / "pre"
+    pre.mkdir()
+    (pre / "backbone.safetensors").write_bytes(b"x")
+    assert finished(pre, "backbone.safetensors")  # placed by hand: adopted

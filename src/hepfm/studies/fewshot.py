@@ -138,6 +138,19 @@ def claim_cell(run: Path, inputs: dict[str, Any]) -> bool:
     return stale
 
 
+def finished(run: Path, weights: str = "best.safetensors") -> bool:
+    """Whether a run trained to its end: a run stopped by its time limit resumes when run again. A run
+    placed by hand without a summary counts as finished if it holds its weights."""
+    summary = run / "train_summary.json"
+    if not (run / weights).exists():
+        return False
+    if not summary.exists():
+        return weights == "backbone.safetensors"
+
+        return False
+    return json.loads(summary.read_text()).get("stop_reason") != "time_limit"
+
+
 def _evaluated(run: Path, test: list[tuple[str, str]]) -> dict[str, Any] | None:
     """The cell's test metrics, if they were computed on exactly these test files."""
     path = run / "eval" / "test" / "metrics.json"
@@ -164,7 +177,7 @@ def _run_study(s: FewShotStudy, progress: bool) -> dict[str, Any]:
         delta = s._pretrain_delta(objective)
         stale = claim_cell(pdir, {"config": merge(load_preset("pretrain", preset), delta),
                                   "data": identities(s.pretrain_data)})
-        if stale or not (pdir / "backbone.safetensors").exists():
+        if stale or not finished(pdir, "backbone.safetensors"):
             log.info("pretraining %s -> %s", objective, pdir)
             pretrain(preset, delta, pdir, restart=stale, progress=progress)
         backbone = json.loads((pdir / "backbone.json").read_text())
@@ -179,10 +192,10 @@ def _run_study(s: FewShotStudy, progress: bool) -> dict[str, Any]:
                     origin = baseline if mode == "scratch" else backbone.get("weights_sha256")
                     stale = claim_cell(run, {"config": merge(load_preset("finetune", s.finetune_preset), delta),
                                              "mode": mode, "n_labels": n, "backbone": origin, "data": data})
-                    metrics = None if stale else _evaluated(run, test)
+                    metrics = _evaluated(run, test) if finished(run) and not stale else None
                     if metrics is None:
                         log.info("%s %s n=%d seed=%d -> %s", objective, mode, n, seed, run)
-                        if stale or not (run / "best.safetensors").exists() or not (run / "train_summary.json").exists():
+                        if stale or not finished(run):  # (re)train, or resume a run stopped by the clock
                             finetune(pdir, s.finetune_preset, delta, run, mode=mode, n_labels=n, restart=stale,
                                      progress=progress)
                         metrics = evaluate(run, s.test, name="test", plots=False)

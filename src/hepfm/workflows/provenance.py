@@ -23,7 +23,8 @@ from hepfm.io import LOCK_NAME, atomic_path, check_output_dir, file_identity, ou
 #: Config keys a resumed run may change: how it runs or reports, and how long (the schedule is
 #: spread over the new length from the resumed step on), not what it computes up to that step.
 RESUME_FREE = frozenset({"train.device", "train.num_workers", "train.tensorboard", "train.compile",
-                         "train.max_steps", "train.log_every", "train.eval_every", "train.ckpt_every"})
+                         "train.max_steps", "train.max_epochs", "train.max_minutes", "train.log_every",
+                         "train.eval_every", "train.ckpt_every"})
 #: What a run writes into its directory (``--restart`` removes exactly these, nothing else).
 RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "metrics.csv", "tensorboard", "best.safetensors", "best.json",
                "backbone.safetensors", "backbone.json", "train_summary.json", "config.yaml", "provenance.json",
