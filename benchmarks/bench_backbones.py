@@ -226,7 +226,8 @@ def table(rows: list[Row]) -> str:
     """A markdown table with throughput ratios to weaver's ParT at the same N and mode."""
     ref = {(r.n, r.mode): r for r in rows if r.model == WEAVER}
     lines = [
-        "| model | N | mode | params | train jets/s | infer jets/s | train peak MB | train / weaver | infer / weaver |",
+        "| model | N | mode | params | train jets/s | infer jets/s | train peak MB "
+        "| train / weaver | infer / weaver |",
         "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:

@@ -47,7 +47,9 @@ def bare_loop(dataset: str, ci: int, n_events: int, batch: int, seed: int) -> fl
     return (time.perf_counter() - t0) / (n_events // batch * batch)
 
 
-def hepfm_loop(dataset: str, ci: int, n_events: int, batch: int, seed: int, detector: str) -> tuple[float, float]:
+def hepfm_loop(
+    dataset: str, ci: int, n_events: int, batch: int, seed: int, detector: str
+) -> tuple[float, float]:
     """(seconds per event, accepted jets per second) of hepfm's generator on the same events."""
     gen = ShardGenerator(ShardTask(dataset, ci, 0, 1, seed, detector, batch))
     t0 = time.perf_counter()

@@ -99,18 +99,18 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def bench_streaming(srcs: list, reopen, args: argparse.Namespace) -> dict[str, float]:  # noqa: ANN001
+def bench_streaming(srcs: list, reopen, args: argparse.Namespace) -> dict[str, float]:
     """``srcs``: opened sources; ``reopen()``: the same sources without validation (or None)."""
 
     kin = get_feature_set("kin").requires
 
-    def read(**fields) -> int:  # noqa: ANN003
+    def read(**fields) -> int:
         step = args.chunk
         return sum(
             len(s.read(a, min(a + step, len(s)), **fields)) for s in srcs for a in range(0, len(s), step)
         )
 
-    def stream(sources) -> int:  # noqa: ANN001
+    def stream(sources) -> int:
         loader = make_loader(sources, "kin", 512, streaming=True, max_particles=128, chunk_size=args.chunk)
         return sum(len(b) for b in loader)
 
@@ -131,7 +131,7 @@ def bench_in_memory(srcs: list) -> float:
     return rate(in_memory, 1)
 
 
-def in_child(fn, *args):  # noqa: ANN001, ANN201
+def in_child(fn, *args):
     """Run ``fn(*args)`` in a forked child; returns (its result, its peak RSS in MB)."""
     ctx = multiprocessing.get_context("fork")
     recv, send = ctx.Pipe(duplex=False)

@@ -65,7 +65,9 @@ def as_root(path: str, out: Path) -> Path:
     target = out / "data" / (p.stem + ".root")
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run([_bin("hepfm"), "convert", str(p), "--to", "jetclass-root", "--out", str(target)], check=True)
+        subprocess.run(
+            [_bin("hepfm"), "convert", str(p), "--to", "jetclass-root", "--out", str(target)], check=True
+        )
     return target
 
 
@@ -107,7 +109,8 @@ def run_hepfm(args: argparse.Namespace, files: dict, seed: int, env: dict) -> di
         _bin("hepfm"), "train", "--data", str(files["train"]), "--val", str(files["val"]), "--out", str(run),
         "--backbone", SIZES[args.size], "--head", "linear", "--features", "kin",
         "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
-        "--max-particles", str(args.max_particles), "--seed", str(seed), "--device", args.device, "--no-progress",
+        "--max-particles", str(args.max_particles), "--seed", str(seed), "--device", args.device,
+        "--no-progress",
         # weaver's Ranger: RAdam betas (0.95, 0.999), eps 1e-5, Lookahead k=6 alpha=0.5; no clipping
         "-o", "train.optim.name=ranger", "-o", "train.optim.weight_decay=0.01",
         "-o", "train.optim.betas=[0.95,0.999]", "-o", "train.optim.eps=1.0e-5", "-o", "train.clip_grad=0",
@@ -118,7 +121,8 @@ def run_hepfm(args: argparse.Namespace, files: dict, seed: int, env: dict) -> di
     ]
     run.mkdir(parents=True, exist_ok=True)
     wall = run_logged(cmd, run.parent / f"hepfm_seed{seed}.train.log", env)
-    ev = [_bin("hepfm"), "evaluate", str(run), "--data", str(files["test"]), "--name", "test", "--no-plots", "--json"]
+    ev = [_bin("hepfm"), "evaluate", str(run), "--data", str(files["test"]), "--name", "test", "--no-plots",
+          "--json"]
     wall += run_logged(ev, run.parent / f"hepfm_seed{seed}.eval.log", env)
     metrics = json.loads((run / "eval" / "test" / "metrics.json").read_text())
     out = {"framework": "hepfm", "seed": seed, "train_s": wall, **{k: metrics[k] for k in METRICS}}
@@ -152,7 +156,8 @@ def run_weaver(args: argparse.Namespace, files: dict, seed: int, env: dict, data
     per_epoch = args.steps * args.batch_size // args.epochs
     cmd = [
         _bin("weaver"),
-        "--data-train", str(files["train"]), "--data-val", str(files["val"]), "--data-test", str(files["test"]),
+        "--data-train", str(files["train"]), "--data-val", str(files["val"]),
+        "--data-test", str(files["test"]),
         "--data-config", str(data_config), "--network-config", str(WEAVER_DIR / "part_net.py"),
         "--network-option", "size", repr(args.size), "--model-prefix", str(run / "net"),
         "--num-epochs", str(args.epochs), "--samples-per-epoch", str(per_epoch),

@@ -101,7 +101,8 @@ def test_rotation_keeps_jet_four_momentum_and_pt_relative_to_axis():
     p4, mask = make_jets()
     torch.manual_seed(0)
     out = rotate(p4, mask)
-    assert out.parent is None and torch.equal(out.mask, mask)
+    assert out.parent is None
+    assert torch.equal(out.mask, mask)
     assert_padding_clean(out.p4, mask)
     torch.testing.assert_close(jet_p4(out.p4, mask), jet_p4(p4, mask), rtol=1e-12, atol=1e-9)
     torch.testing.assert_close(jet_mass(out.p4, mask), jet_mass(p4, mask), rtol=1e-9, atol=1e-7)
@@ -159,7 +160,8 @@ def test_smearing_moves_soft_particles_more_than_hard_ones():
     (_, e0, f0), (_, e1, f1) = rapidity_phi(p4), rapidity_phi(out.p4)
     moved = torch.hypot(e1 - e0, torch.remainder(f1 - f0 + math.pi, 2 * math.pi) - math.pi)
     soft, hard = moved[mask & (pt0 < 2)], moved[mask & (pt0 > 30)]
-    assert soft.numel() > 50 and hard.numel() > 50
+    assert soft.numel() > 50
+    assert hard.numel() > 50
     assert soft.mean() > 10 * hard.mean()
     # sigma = 0.1 / pT: the per-particle displacement over its expected size is O(1)
     scaled = (moved * pt0.clamp(min=0.1) / 0.1)[mask]
@@ -224,12 +226,14 @@ def test_pipeline_layout_padding_and_parent_map():
     p4, mask = make_jets(b=64, n=32, seed=7, dtype=torch.float32)
     torch.manual_seed(7)
     out = _pipeline()(p4, mask)
-    assert out.p4.dtype == torch.float32 and out.p4.shape[1] == 40
+    assert out.p4.dtype == torch.float32
+    assert out.p4.shape[1] == 40
     assert_padding_clean(out.p4, out.mask)
     assert torch.all(out.mask[:, :-1] | ~out.mask[:, 1:])  # left-packed
     pt = torch.hypot(out.p4[..., 0], out.p4[..., 1])
     assert torch.all((pt[:, :-1] >= pt[:, 1:]) | ~out.mask[:, 1:])  # pT-descending
-    assert out.parent.min() >= 0 and out.parent.max() < 32
+    assert out.parent.min() >= 0
+    assert out.parent.max() < 32
     assert torch.all(torch.gather(mask, 1, out.parent)[out.mask])  # every particle has a real parent
     assert torch.isfinite(out.p4).all()
 
@@ -243,7 +247,9 @@ def test_augmentations_are_reproducible_under_manual_seed():
     b = aug(p4, mask)
     torch.manual_seed(12)
     c = aug(p4, mask)
-    assert torch.equal(a.p4, b.p4) and torch.equal(a.mask, b.mask) and torch.equal(a.parent, b.parent)
+    assert torch.equal(a.p4, b.p4)
+    assert torch.equal(a.mask, b.mask)
+    assert torch.equal(a.parent, b.parent)
     assert not torch.equal(a.p4, c.p4)
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
     assert torch.equal(aug(p4, mask, g1).p4, aug(p4, mask, g2).p4)
@@ -253,7 +259,8 @@ def test_probabilities_gate_whole_jets():
     p4, mask = make_jets(b=200, seed=9, dtype=torch.float32)
     off = Augmentation.from_config(AugmentConfig(rotate=0, translate=0, smear=0, split=0))
     out = off(p4, mask)
-    assert torch.equal(out.p4, p4) and out.parent is None
+    assert torch.equal(out.p4, p4)
+    assert out.parent is None
     torch.manual_seed(9)
     half = rotate(p4, mask, prob=0.5).p4
     changed = (half != p4).any(dim=(1, 2)).float().mean()
@@ -276,15 +283,19 @@ def test_compose_parents_and_sort():
     srt = sort_by_pt(shuffled, torch.gather(mask, 1, perm))
     torch.testing.assert_close(srt.p4, p4)
     torch.testing.assert_close(torch.gather(perm, 1, srt.parent)[mask], torch.arange(8).expand(4, 8)[mask])
-    assert compose_parents(None, perm) is perm and compose_parents(perm, None) is perm
+    assert compose_parents(None, perm) is perm
+    assert compose_parents(perm, None) is perm
 
 
 def test_config_from_dict_validates():
     cfg = AugmentConfig.from_dict({"smear": "0.5", "split_passes": 1, "sort": True})
-    assert cfg.smear == 0.5 and cfg.split_passes == 1
-    with pytest.raises(HepfmInputError, match="unknown option augment.rotation; did you mean augment.rotate"):
+    assert cfg.smear == 0.5
+    assert cfg.split_passes == 1
+    with pytest.raises(
+        HepfmInputError, match=r"unknown option augment\.rotation; did you mean augment\.rotate"
+    ):
         AugmentConfig.from_dict({"rotation": 1})
-    with pytest.raises(HepfmInputError, match="augment.sort: expected true or false"):
+    with pytest.raises(HepfmInputError, match=r"augment\.sort: expected true or false"):
         AugmentConfig.from_dict({"sort": "false"})
     with pytest.raises(HepfmInputError, match="probability"):
         AugmentConfig(smear=2.0)

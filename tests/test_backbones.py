@@ -56,8 +56,10 @@ def test_output_shapes(name: str, jets: ParticleBatch) -> None:
     b, n = jets.mask.shape
     assert out.tokens.shape == (b, n, model.embed_dim)
     assert torch.equal(out.mask, jets.mask)
-    assert out.pooled is not None and out.pooled.shape == (b, model.pooled_dim)
-    assert torch.isfinite(out.tokens).all() and torch.isfinite(out.pooled).all()
+    assert out.pooled is not None
+    assert out.pooled.shape == (b, model.pooled_dim)
+    assert torch.isfinite(out.tokens).all()
+    assert torch.isfinite(out.pooled).all()
     assert (out.tokens[~jets.mask] == 0).all()
 
 
@@ -136,7 +138,8 @@ def test_eval_is_deterministic_and_train_mode_is_not(name: str, jets: ParticleBa
     model = _model(name)
     with torch.no_grad():
         a, b = model(jets), model(jets)
-    assert torch.equal(a.tokens, b.tokens) and torch.equal(a.pooled, b.pooled)
+    assert torch.equal(a.tokens, b.tokens)
+    assert torch.equal(a.pooled, b.pooled)
     uses_dropout = any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules())
     if uses_dropout:
         model.train()
@@ -161,7 +164,9 @@ def test_registry_errors_and_overrides() -> None:
     with pytest.raises(HepfmInputError, match="no option"):
         create_backbone("pfn-small", F_IN, num_layers=3)
     model = create_backbone("part-small", F_IN, embed_dims=[16, 16], num_layers=1)  # YAML lists
-    assert model.config.embed_dims == (16, 16) and len(model.blocks) == 1 and model.embed_dim == 16
+    assert model.config.embed_dims == (16, 16)
+    assert len(model.blocks) == 1
+    assert model.embed_dim == 16
     assert backbone_config("part").num_layers == 8  # the registered preset is not mutated
 
 
@@ -203,9 +208,12 @@ def test_knn_skips_self_and_padding() -> None:
     points = torch.tensor([[[0.0], [1.0], [3.0], [0.5], [9.0]]])
     mask = torch.tensor([[True, True, True, False, True]])  # slot 3 (closest to 0) is padding
     idx, valid = knn(points, mask, k=2)
-    assert idx[0, 0].tolist() == [1, 2] and valid.all()
+    assert idx[0, 0].tolist() == [1, 2]
+    assert valid.all()
     idx, valid = knn(points, mask, k=10)  # more neighbours asked than real particles exist
-    assert idx.shape[-1] == 4 and valid[0, 0].sum() == 3 and 3 not in idx[0, 0][valid[0, 0]].tolist()
+    assert idx.shape[-1] == 4
+    assert valid[0, 0].sum() == 3
+    assert 3 not in idx[0, 0][valid[0, 0]].tolist()
 
 
 @pytest.mark.parametrize("training", [True, False])
@@ -225,7 +233,8 @@ def test_relative_eta_phi_agrees_with_vector() -> None:
     vector = pytest.importorskip("vector")
     jets = random_jets(8, 30, generator=_gen(9))
     coords = relative_eta_phi(jets.p4, jets.mask)
-    assert coords.shape == (8, 30, 2) and (coords[~jets.mask] == 0).all()
+    assert coords.shape == (8, 30, 2)
+    assert (coords[~jets.mask] == 0).all()
     p4 = jets.p4.double().numpy()
     for b in range(8):
         real = jets.mask[b].numpy()

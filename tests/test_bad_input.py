@@ -293,7 +293,8 @@ def test_library_raises_one_line(bad_files, case):
             fn(path)
         msg = str(info.value)
         assert "\n" not in msg
-        assert str(path) in msg and info.value.path == str(path)
+        assert str(path) in msg
+        assert info.value.path == str(path)
         for text in expected:
             assert text in msg, msg
 
@@ -323,12 +324,16 @@ def test_forced_format_of_the_wrong_container(tmp_path):
     with pytest.raises(HepfmInputError, match="unknown data format 'csv'"):
         open_source(path, format="csv")
     r = run_cli(str(path), "--format", "hepfm")
-    assert r.returncode == 2 and "needs an HDF5 file" in r.stderr and len(r.stderr.strip().split("\n")) == 1
+    assert r.returncode == 2
+    assert "needs an HDF5 file" in r.stderr
+    assert len(r.stderr.strip().split("\n")) == 1
 
 
 def test_glob_matching_nothing(tmp_path):
     r = run_cli(str(tmp_path / "nothing_*.h5"))
-    assert r.returncode == 2 and "no file matches" in r.stderr and len(r.stderr.strip().split("\n")) == 1
+    assert r.returncode == 2
+    assert "no file matches" in r.stderr
+    assert len(r.stderr.strip().split("\n")) == 1
 
 
 # -- skipping ----------------------------------------------------------------------------------
@@ -352,7 +357,10 @@ def test_skip_bad_counts(tmp_path, fmt):
         write_jets(path, [c], fmt, {})
     s = inspect_files([str(path)], skip_bad=True, chunk_size=7)
     f = s["files"][0]
-    assert f["bad"] == expected and f["n_bad"] == 5 and f["n_good"] == 35 and f["n_read"] == 40
+    assert f["bad"] == expected
+    assert f["n_bad"] == 5
+    assert f["n_good"] == 35
+    assert f["n_read"] == 40
     assert s["total"]["bad"] == expected
     keep = np.setdiff1d(np.arange(40), [2, 5, 6, 30, 8])
     assert sum(f["class_counts"].values()) == 35
@@ -368,10 +376,13 @@ def test_skip_bad_counts(tmp_path, fmt):
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["files"][0]["bad"] == expected
     r = run_cli(str(path), "--skip-bad")
-    assert r.returncode == 0 and "empty 3" in r.stdout and "nonfinite 1" in r.stdout
+    assert r.returncode == 0
+    assert "empty 3" in r.stdout
+    assert "nonfinite 1" in r.stdout
     # without --skip-bad: the first bad jet, with its index in the file
     r = run_cli(str(path), "--chunk-size", "7")
-    assert r.returncode == 2 and "jet 2: NaN or inf" in r.stderr
+    assert r.returncode == 2
+    assert "jet 2: NaN or inf" in r.stderr
 
 
 def test_check_chunk_global_index_and_precedence():
@@ -380,9 +391,11 @@ def test_check_chunk_global_index_and_precedence():
     with pytest.raises(HepfmInputError, match=r"f\.h5: jet 104: jet has no constituents \(1 more bad jets"):
         check_chunk(c, "f.h5", skip_bad=False, offset=100)
     out, counts = check_chunk(c, "f.h5", skip_bad=True)
-    assert counts == {"nonfinite": 1, "empty": 1} and len(out) == 8
+    assert counts == {"nonfinite": 1, "empty": 1}
+    assert len(out) == 8
     clean, counts = check_chunk(good(n=10), "f.h5", skip_bad=False)
-    assert counts == {} and len(clean) == 10
+    assert counts == {}
+    assert len(clean) == 10
     # padding that is not zero, and labels outside the classes
     d = good(n=5)
     d.p4[1, -1] = [1.0, 0.0, 0.0, 2.0]

@@ -21,16 +21,16 @@ from _factories import random_chunk
 from hepfm.cli import main
 from hepfm.data.formats import write_jets
 
-TRAIN = ["train", "--data", "{train}", "--val", "{val}", "--out", "{new}", "--backbone", "pfn", "--steps", "4",
-         "--batch-size", "32", "--max-particles", "32", "--no-progress"]
+TRAIN = ["train", "--data", "{train}", "--val", "{val}", "--out", "{new}", "--backbone", "pfn",
+         "--steps", "4", "--batch-size", "32", "--max-particles", "32", "--no-progress"]
 PRETRAIN = ["pretrain", "--objective", "jetclr", "--data", "{unl}", "--out", "{new}", "--backbone", "pfn",
             "--steps", "4", "--batch-size", "32", "--max-particles", "32", "--no-progress"]
 FINETUNE = ["finetune", "--pretrained", "{pre}", "--data", "{train}", "--val", "{val}", "--out", "{new}",
             "--steps", "4", "--batch-size", "32", "--no-progress"]
 EVALUATE = ["evaluate", "{run}", "--data", "{val}", "--no-plots"]
 EMBED = ["embed", "{pre}", "--data", "{val}", "--no-plot", "--n-jets", "64"]
-STUDY = ["study", "fewshot", "--pretrain-data", "{unl}", "--train", "{train}", "--val", "{val}", "--test", "{val}",
-         "--out", "{new}", "--n-labels", "40", "--seeds", "1"]
+STUDY = ["study", "fewshot", "--pretrain-data", "{unl}", "--train", "{train}", "--val", "{val}",
+         "--test", "{val}", "--out", "{new}", "--n-labels", "40", "--seeds", "1"]
 GENERATE = ["generate", "toptag", "--n-jets", "20", "--out", "{new}.h5", "--no-progress"]
 CONVERT = ["convert", "{train}", "--to", "hepfm", "--out", "{new}.h5"]
 INSPECT = ["inspect", "{train}"]
@@ -94,7 +94,8 @@ CASES: list[tuple[str, list[str], str]] = [
     ("evaluate-not-a-run", ["evaluate", "{dir}", "--data", "{val}"], "best.safetensors"),
     # -- pretrain
     ("pretrain-objective-unknown", set_(PRETRAIN, "--objective", "nope"), "nope"),
-    ("pretrain-temperature-not-a-number", with_(PRETRAIN, "-o", "objective.options.temperature=abc"), "temperature"),
+    ("pretrain-temperature-not-a-number", with_(PRETRAIN, "-o", "objective.options.temperature=abc"),
+     "temperature"),
     ("pretrain-option-unknown", with_(PRETRAIN, "-o", "objective.options.temprature=0.1"), "temprature"),
     ("pretrain-steps-0", set_(PRETRAIN, "--steps", "0"), "max_steps"),
     ("pretrain-out-is-a-file", set_(PRETRAIN, "--out", "{txt}"), "notes.txt"),
@@ -103,7 +104,8 @@ CASES: list[tuple[str, list[str], str]] = [
     ("finetune-n-labels-0", with_(FINETUNE, "--n-labels", "0"), "n-labels"),
     ("finetune-n-labels-negative", with_(FINETUNE, "--n-labels", "-5"), "n-labels"),
     ("finetune-n-labels-1", with_(FINETUNE, "--n-labels", "1"), "n-labels"),
-    ("finetune-lr-scale-not-a-number", with_(FINETUNE, "-o", "finetune.backbone_lr_scale=abc"), "backbone_lr_scale"),
+    ("finetune-lr-scale-not-a-number", with_(FINETUNE, "-o", "finetune.backbone_lr_scale=abc"),
+     "backbone_lr_scale"),
     ("finetune-lr-scale-negative", with_(FINETUNE, "--backbone-lr-scale", "-1"), "backbone_lr_scale"),
     ("finetune-unknown-key", with_(FINETUNE, "-o", "finetune.backbone_lr_scal=1"), "backbone_lr_scal"),
     ("finetune-mode-unknown", with_(FINETUNE, "--mode", "nope"), "--mode"),
@@ -121,7 +123,8 @@ CASES: list[tuple[str, list[str], str]] = [
     ("study-n-labels-not-a-number", set_(STUDY, "--n-labels", "abc"), "n-labels"),
     ("study-mode-unknown", with_(STUDY, "--modes", "finetune,nope"), "nope"),
     ("study-pretrain-set-bad", with_(STUDY, "--pretrain-set", "train.max_steps=0"), "max_steps"),
-    ("study-finetune-set-unknown", with_(STUDY, "--finetune-set", "finetune.backbone_lr_scal=1"), "backbone_lr_scal"),
+    ("study-finetune-set-unknown", with_(STUDY, "--finetune-set", "finetune.backbone_lr_scal=1"),
+     "backbone_lr_scal"),
     ("study-out-is-a-file", set_(STUDY, "--out", "{txt}"), "notes.txt"),
     # -- generate
     ("generate-shard-size-0", with_(GENERATE, "--shard-size", "0"), "shard-size"),
@@ -172,8 +175,11 @@ def world(tmp_path_factory) -> dict[str, str]:
     write_jets(paths["one"], [one], "hepfm")
     (root / "notes.txt").write_text("not jets\n")
     (root / "folder").mkdir()
-    fill = {k: str(v) for k, v in paths.items()} | {"txt": str(root / "notes.txt"), "dir": str(root / "folder"),
-                                                    "missing": str(root / "missing.h5")}
+    fill = {k: str(v) for k, v in paths.items()} | {
+        "txt": str(root / "notes.txt"),
+        "dir": str(root / "folder"),
+        "missing": str(root / "missing.h5"),
+    }
     run, pre = root / "run", root / "pre"
     assert main([a.format(**fill, new=run) for a in TRAIN]) == 0
     assert main([a.format(**fill, new=pre) for a in PRETRAIN]) == 0
@@ -199,7 +205,7 @@ def run_cli(args: list[str]) -> int:
         return int(exc.code or 0)
 
 
-@pytest.mark.parametrize("argv, expect", [pytest.param(a, e, id=i) for i, a, e in CASES])
+@pytest.mark.parametrize(("argv", "expect"), [pytest.param(a, e, id=i) for i, a, e in CASES])
 def test_bad_input_gives_one_line_and_changes_nothing(world, tmp_path, capsys, argv, expect):
     new = tmp_path / "out"
     root = Path(world["root"])
@@ -207,7 +213,8 @@ def test_bad_input_gives_one_line_and_changes_nothing(world, tmp_path, capsys, a
     assert run_cli([a.format(**world, new=new) for a in argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
-    assert "Traceback" not in err[0] and expect in err[0], err[0]
+    assert "Traceback" not in err[0], err[0]
+    assert expect in err[0], err[0]
     assert tree(root) == before  # nothing written, modified or deleted
     assert not list(tmp_path.rglob("*")), list(tmp_path.rglob("*"))  # no output, temp or lock file
 

@@ -35,7 +35,9 @@ def resolved(command: str, delta: dict) -> dict:
 
     spec = {"max_particles": 32, "features": {"name": "kin"}}
     data, head, ft, train = resolve_ft("cpu-small", delta, spec)
-    return _flatten({"data": asdict(data), "head": asdict(head), "finetune": asdict(ft), "train": train.to_dict()})
+    return _flatten(
+        {"data": asdict(data), "head": asdict(head), "finetune": asdict(ft), "train": train.to_dict()}
+    )
 
 
 @pytest.mark.parametrize("command", sorted(FLAGS))
@@ -59,7 +61,7 @@ def test_an_override_wins_over_its_flag():
     assert config_delta(args, "train")["train"]["max_steps"] == 9
 
 
-@pytest.mark.parametrize("override, message", [
+@pytest.mark.parametrize(("override", "message"), [
     ("train.batch_size=5", "unknown option train.batch_size"),
     ("data.batch_sise=5", "did you mean data.batch_size"),
     ("data.max_particles=0", "data.max_particles must be >= 1"),

@@ -30,10 +30,14 @@ def test_round_trip_keeps_jets_labels_and_order(tmp_path, target):
     write_jets(tmp_path / "a.h5", [a], "hepfm", {})
     write_jets(tmp_path / "b.h5", [b], "toptag-h5", {})
     out = tmp_path / f"out.{'root' if target == 'jetclass-root' else 'h5'}"
-    assert main(["convert", str(tmp_path / "a.h5"), str(tmp_path / "b.h5"), "--to", target, "--out", str(out)]) == 0
+    assert (
+        main(["convert", str(tmp_path / "a.h5"), str(tmp_path / "b.h5"), "--to", target, "--out", str(out)])
+        == 0
+    )
     assert detect_format(out) == target
     src, got = _all(out)
-    assert len(src) == 120 and src.class_names == TOPTAG_CLASSES
+    assert len(src) == 120
+    assert src.class_names == TOPTAG_CLASSES
     np.testing.assert_array_equal(got.label, np.concatenate([a.label, b.label]))
     for i, (chunk, j) in enumerate(((a, 0), (a, 69), (b, 0), (b, 49))):
         k = j + (70 if chunk is b else 0)
@@ -50,12 +54,15 @@ def test_max_jets_and_multiclass(tmp_path):
     assert main(["convert", str(tmp_path / "jc.root"), "--to", "hepfm", "--out", str(tmp_path / "o.h5"),
                  "--max-jets", "25"]) == 0
     src, got = _all(tmp_path / "o.h5")
-    assert len(src) == 25 and src.class_names == JETCLASS_CLASSES
+    assert len(src) == 25
+    assert src.class_names == JETCLASS_CLASSES
     np.testing.assert_array_equal(got.label, c.label[:25])
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "hepfm.cli", *args], capture_output=True, text=True, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "hepfm.cli", *args], capture_output=True, text=True, check=False
+    )
 
 
 def test_bad_input_one_line_and_no_output(tmp_path):
@@ -64,23 +71,32 @@ def test_bad_input_one_line_and_no_output(tmp_path):
     write_jets(tmp_path / "bad.h5", [c], "hepfm", {})
     out = tmp_path / "out.root"
     r = _cli("convert", str(tmp_path / "bad.h5"), "--to", "jetclass-root", "--out", str(out))
-    assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert len(r.stderr.strip().split("\n")) == 1 and "jet 17" in r.stderr and "bad.h5" in r.stderr
-    assert not out.exists() and list(tmp_path.iterdir()) == [tmp_path / "bad.h5"]
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    assert len(r.stderr.strip().split("\n")) == 1
+    assert "jet 17" in r.stderr
+    assert "bad.h5" in r.stderr
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == [tmp_path / "bad.h5"]
     r = _cli("convert", str(tmp_path / "missing.h5"), "--to", "hepfm", "--out", str(tmp_path / "o.h5"))
-    assert r.returncode == 2 and "missing.h5" in r.stderr and len(r.stderr.strip().split("\n")) == 1
+    assert r.returncode == 2
+    assert "missing.h5" in r.stderr
+    assert len(r.stderr.strip().split("\n")) == 1
 
 
 def test_inputs_with_different_classes_are_refused(tmp_path):
     write_jets(tmp_path / "t.h5", [random_chunk(10, 5, class_names=TOPTAG_CLASSES, seed=1)], "hepfm", {})
     write_jets(tmp_path / "j.h5", [random_chunk(10, 5, class_names=JETCLASS_CLASSES, seed=1)], "hepfm", {})
-    r = _cli("convert", str(tmp_path / "t.h5"), str(tmp_path / "j.h5"), "--to", "hepfm", "--out", str(tmp_path / "o.h5"))
-    assert r.returncode == 2 and "different classes" in r.stderr
+    r = _cli("convert", str(tmp_path / "t.h5"), str(tmp_path / "j.h5"), "--to", "hepfm",
+             "--out", str(tmp_path / "o.h5"))
+    assert r.returncode == 2
+    assert "different classes" in r.stderr
 
 
 def test_long_jets_are_not_capped(tmp_path):
     c = random_chunk(20, 150, class_names=TOPTAG_CLASSES, seed=8, mean_particles=140, min_particles=130)
     write_jets(tmp_path / "long.h5", [c], "hepfm", {})
-    assert main(["convert", str(tmp_path / "long.h5"), "--to", "jetclass-root", "--out", str(tmp_path / "l.root")]) == 0
+    assert main(["convert", str(tmp_path / "long.h5"), "--to", "jetclass-root",
+                 "--out", str(tmp_path / "l.root")]) == 0
     got = open_source(tmp_path / "l.root", max_particles=None).read(0, 20)
     np.testing.assert_array_equal(got.mask.sum(1), c.mask.sum(1))  # no particle lost to a reader's cap

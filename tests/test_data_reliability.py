@@ -33,7 +33,8 @@ def run_cli(*args: str, preexec_fn: Callable[[], None] | None = None, **kw) -> s
 def one_line_error(r: subprocess.CompletedProcess, *words: str) -> None:
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert len(lines) == 1, r.stderr
+    assert "Traceback" not in r.stderr, r.stderr
     for w in words:
         assert w in lines[0], lines[0]
 
@@ -60,7 +61,8 @@ def test_float_label_is_refused_not_cut_to_zero(tmp_path):
         open_source(path).read(0, 40)
     src = open_source(path, skip_bad=True)
     chunk = src.read(0, 40)
-    assert len(chunk) == 39 and src.bad_counts == {"label_not_integer": 1}
+    assert len(chunk) == 39
+    assert src.bad_counts == {"label_not_integer": 1}
     np.testing.assert_array_equal(chunk.label, np.delete(labels, 3))  # whole floats are class indices
     one_line_error(run_cli("inspect", str(path)), "jet 3", "whole number")
 
@@ -77,7 +79,8 @@ def test_one_hot_labels_are_read_as_class_indices(tmp_path):
     np.testing.assert_array_equal(chunk.label, np.delete(labels, 5))
     assert src.bad_counts == {"label_not_one_hot": 1}
     r = run_cli("inspect", "--skip-bad", "--json", str(path))
-    assert r.returncode == 0 and '"label_not_one_hot": 1' in r.stdout, r.stderr
+    assert r.returncode == 0, r.stderr
+    assert '"label_not_one_hot": 1' in r.stdout, r.stderr
     one_line_error(run_cli("convert", str(path), "--to", "hepfm", "--out", str(tmp_path / "o.h5")), "jet 5")
     replace_label(path, np.eye(3, dtype=np.int8)[labels])  # three columns, two class names
     one_line_error(run_cli("inspect", "--skip-bad", str(path)), "3 columns", "2 classes")
@@ -123,7 +126,7 @@ def assert_full_disk_is_one_line(src: Path, fmt: str, limit: int, out_dir: Path)
 
 
 @pytest.mark.parametrize(
-    "fmt, limit",
+    ("fmt", "limit"),
     [("hepfm", 4_000), ("hepfm", 300_000), ("toptag-h5", 100_000), ("jetclass-root", 100_000)],
 )
 def test_full_disk_while_converting_is_one_line_and_leaves_nothing(tmp_path, fmt, limit):
@@ -152,7 +155,8 @@ def test_deferred_error_file_keeps_writes_after_a_failure(tmp_path):
     )
     r = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60,
                        preexec_fn=file_size_limit(1000))
-    assert r.returncode == 1 and "OSError: [Errno 27] File too large" in r.stderr, r.stderr
+    assert r.returncode == 1, r.stderr
+    assert "OSError: [Errno 27] File too large" in r.stderr, r.stderr
 
 
 # -- hepfm convert -----------------------------------------------------------------------------
@@ -162,7 +166,8 @@ def test_convert_refuses_labeled_and_unlabeled_inputs_together(tmp_path, capsys)
     out = tmp_path / "o.h5"
     assert main(["convert", str(a), str(b), "--to", "hepfm", "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and f"{b}: has no labels but {a} has" in err
+    assert err.count("\n") == 1
+    assert f"{b}: has no labels but {a} has" in err
     assert not out.exists()
 
 
@@ -184,7 +189,9 @@ def test_convert_refuses_an_unusable_output_before_reading(tmp_path, capsys):
     for out, msg in cases:
         assert main(["convert", missing, "--to", "hepfm", "--out", str(out)]) == 2
         err = capsys.readouterr().err
-        assert err.count("\n") == 1 and msg in err and "not found" not in err
+        assert err.count("\n") == 1
+        assert msg in err
+        assert "not found" not in err
 
 
 def test_convert_refuses_an_output_another_convert_is_writing(tmp_path, capsys):
@@ -203,8 +210,9 @@ def test_closed_pipe_is_a_quiet_exit(tmp_path, args):
     """``hepfm inspect --json FILE | head -c 100``: the reader leaves before hepfm writes."""
     path = jets_file(tmp_path / "a.h5")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # stdout block-buffered
-    p = subprocess.Popen([sys.executable, "-c", CLI, *args, str(path)], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, env=env)
-    p.stdout.close()
-    err = p.stderr.read().decode()
-    assert p.wait(timeout=120) == 0 and err == ""
+    with subprocess.Popen([sys.executable, "-c", CLI, *args, str(path)], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, env=env) as p:
+        p.stdout.close()
+        err = p.stderr.read().decode()
+        assert p.wait(timeout=120) == 0
+    assert err == ""

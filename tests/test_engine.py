@@ -39,8 +39,8 @@ def collate_from(ds: Blobs):
     def collate(idx: list[int]) -> ParticleBatch:
         idx = torch.tensor(idx)
         x = ds.x[idx]
-        return ParticleBatch(x=x, mask=torch.ones(x.shape[:2], dtype=torch.bool), p4=torch.zeros(*x.shape[:2], 4),
-                             label=ds.label[idx])
+        return ParticleBatch(x=x, mask=torch.ones(x.shape[:2], dtype=torch.bool),
+                             p4=torch.zeros(*x.shape[:2], 4), label=ds.label[idx])
     return collate
 
 
@@ -73,7 +73,8 @@ def jet_loader(n: int = 200, *, streaming: bool = False, bs: int = 32, seed: int
 
 
 def cfg(**kw) -> TrainConfig:
-    base = {"max_steps": 40, "eval_every": 10, "ckpt_every": 5, "log_every": 5, "seed": 3, "optim": {"lr": 3e-2}}
+    base = {"max_steps": 40, "eval_every": 10, "ckpt_every": 5, "log_every": 5, "seed": 3,
+            "optim": {"lr": 3e-2}}
     base.update(kw)
     return TrainConfig.from_dict(base)
 
@@ -93,19 +94,27 @@ def assert_same_weights(a: nn.Module, b: nn.Module) -> None:
 
 def test_learns_and_logs(tmp_path):
     ds, val = Blobs(512, 0), Blobs(256, 1)
-    res = Trainer(MeanLinear(), cfg(), tmp_path, {"backbone": "x"}, acc_fn).fit(loader(ds), loader(val), progress=False)
-    assert res.steps == 40 and res.best_step is not None
-    assert res.stop_reason == "max_steps" and res.budget_steps == 40 and not res.stopped_early
-    assert res.jets == 40 * 32 and res.jets_per_second == pytest.approx(res.jets / res.seconds)
+    res = Trainer(MeanLinear(), cfg(), tmp_path, {"backbone": "x"}, acc_fn).fit(
+        loader(ds), loader(val), progress=False
+    )
+    assert res.steps == 40
+    assert res.best_step is not None
+    assert res.stop_reason == "max_steps"
+    assert res.budget_steps == 40
+    assert not res.stopped_early
+    assert res.jets == 40 * 32
+    assert res.jets_per_second == pytest.approx(res.jets / res.seconds)
     assert res.epochs == pytest.approx(40 / 16)  # 512 jets in batches of 32
-    assert res.device.startswith("cpu (") and "threads" in res.device  # timings say what they ran on
+    assert res.device.startswith("cpu (")
+    assert "threads" in res.device
     rows_ = rows(tmp_path)
     val_rows = [r for r in rows_ if "val_accuracy" in r]
     assert val_rows[-1]["val_accuracy"] > 0.85
     train_rows = [r for r in rows_ if "train_loss" in r]
     assert train_rows[-1]["train_loss"] < train_rows[0]["train_loss"]
     assert all(r["jets_per_s"] > 0 for r in train_rows)
-    assert (tmp_path / "best.safetensors").exists() and (tmp_path / "best.json").exists()
+    assert (tmp_path / "best.safetensors").exists()
+    assert (tmp_path / "best.json").exists()
     assert (tmp_path / "metrics.csv").read_text().startswith("step,key,value")
 
 
@@ -139,23 +148,29 @@ def test_exact_resume_after_interruption(tmp_path, optim, streaming, budget):
     torch.manual_seed(0)
     ref = MeanLinear(in_dim=7)
     init = {k: v.clone() for k, v in ref.state_dict().items()}
-    res = Trainer(ref, c, tmp_path / "ref", {"backbone": "x"}).fit(jet_loader(streaming=streaming), progress=False)
+    res = Trainer(ref, c, tmp_path / "ref", {"backbone": "x"}).fit(
+        jet_loader(streaming=streaming), progress=False
+    )
     assert res.steps == res.budget_steps == (20 if "max_epochs" not in budget else 21)
     assert res.stop_reason == ("max_epochs" if "max_epochs" in budget else "max_steps")
 
     first = Dying(after=26)  # dies in step 13 (micro-batches 25 and 26): the last checkpoint is step 10
     first.load_state_dict(init)
     with pytest.raises(Interrupt):
-        Trainer(first, c, tmp_path / "run", {"backbone": "x"}).fit(jet_loader(streaming=streaming), progress=False)
+        Trainer(first, c, tmp_path / "run", {"backbone": "x"}).fit(
+            jet_loader(streaming=streaming), progress=False
+        )
     assert torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=False)["step"] == 10
     second = MeanLinear(in_dim=7)  # fresh process: weights come from the checkpoint
     res2 = Trainer(second, c, tmp_path / "run", {"backbone": "x"}).fit(jet_loader(streaming=streaming),
                                                                       progress=False)
     short = sum(m % 7 == 6 for m in range(20, 2 * res.steps))  # micro-batches from step 10 on that are 8 jets
-    assert res2.steps == res.steps and res2.jets == (res.steps - 10) * 2 * 32 - 24 * short
+    assert res2.steps == res.steps
+    assert res2.jets == (res.steps - 10) * 2 * 32 - 24 * short
     assert_same_weights(ref, second)
     steps = [r["step"] for r in rows(tmp_path / "run")]
-    assert steps == sorted(steps) and len(steps) == len(set(steps))
+    assert steps == sorted(steps)
+    assert len(steps) == len(set(steps))
 
 
 def test_epoch_budget_sets_the_length_and_the_schedule(tmp_path):
@@ -170,7 +185,8 @@ def test_epoch_budget_sets_the_length_and_the_schedule(tmp_path):
     res = Trainer(MeanLinear(in_dim=7), c, tmp_path, {"backbone": "x"}).fit(dl, progress=False)
     assert (res.steps, res.stop_reason, res.budget_steps, res.epochs) == (9, "max_epochs", 9, 3.0)
     lrs = [r["lr"] for r in rows(tmp_path) if "lr" in r]
-    assert lrs[0] == pytest.approx(3e-2) and lrs[-1] < 0.05 * 3e-2
+    assert lrs[0] == pytest.approx(3e-2)
+    assert lrs[-1] < 0.05 * 3e-2
 
 
 def test_epoch_budget_needs_a_loader_with_a_length(tmp_path):
@@ -183,7 +199,7 @@ def test_epoch_budget_needs_a_loader_with_a_length(tmp_path):
 
 
 def test_budget_options_are_checked_on_entry():
-    with pytest.raises(HepfmInputError, match="max_steps may be null only with train.max_epochs"):
+    with pytest.raises(HepfmInputError, match=r"max_steps may be null only with train\.max_epochs"):
         cfg(max_steps=None)
     with pytest.raises(HepfmInputError, match="max_epochs must be >= 1"):
         cfg(max_epochs=0)
@@ -209,7 +225,9 @@ def test_time_limit_stops_cleanly_and_a_rerun_resumes_exactly(tmp_path):
     res = Trainer(first, short, tmp_path / "run", {"backbone": "x"}).fit(jet_loader(), progress=False)
     assert (res.steps, res.stop_reason, res.stopped_early) == (1, "time_limit", False)
     assert torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=False)["step"] == 1
-    assert [r["step"] for r in rows(tmp_path / "run") if "train_loss" in r] == [1]  # its last interval is logged
+    assert [r["step"] for r in rows(tmp_path / "run") if "train_loss" in r] == [
+        1
+    ]  # its last interval is logged
     second = MeanLinear(in_dim=7)
     res = Trainer(second, c, tmp_path / "run", {"backbone": "x"}).fit(jet_loader(), progress=False)
     assert (res.steps, res.stop_reason) == (12, "max_steps")
@@ -240,9 +258,13 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
 def test_early_stopping(tmp_path):
     ds, val = Blobs(256, 0), Blobs(128, 1)
-    c = cfg(max_steps=400, eval_every=2, early_stop_patience=2, optim={"lr": 1e-30})  # below float32 resolution: never improves
+    c = cfg(
+        max_steps=400, eval_every=2, early_stop_patience=2, optim={"lr": 1e-30}
+    )  # below float32 resolution: never improves
     res = Trainer(MeanLinear(), c, tmp_path, {"backbone": "x"}).fit(loader(ds), loader(val), progress=False)
-    assert res.stopped_early and res.steps == 6 and res.stop_reason == "early_stopping"
+    assert res.stopped_early
+    assert res.steps == 6
+    assert res.stop_reason == "early_stopping"
     # the run is finished: running it again trains no further and gives the same reason
     again = Trainer(MeanLinear(), c, tmp_path, {"backbone": "x"}).fit(loader(ds), loader(val), progress=False)
     assert (again.steps, again.stop_reason, again.jets) == (6, "early_stopping", 0)
@@ -251,7 +273,9 @@ def test_early_stopping(tmp_path):
 def test_overrides_and_unknown_keys():
     d = apply_overrides({"optim": {"lr": 1}}, ["optim.lr=0.5", "max_steps=7", "schedule.name=constant"])
     c = TrainConfig.from_dict(d)
-    assert c.optim.lr == 0.5 and c.max_steps == 7 and c.schedule.name == "constant"
+    assert c.optim.lr == 0.5
+    assert c.max_steps == 7
+    assert c.schedule.name == "constant"
     with pytest.raises(HepfmInputError, match="bogus"):
         TrainConfig.from_dict({"bogus": 1})
 
@@ -277,4 +301,5 @@ def test_denormals_are_flushed_only_during_a_cpu_fit():
     assert tiny * 1.0 > 0  # the process default: denormals kept
     with denormals_flushed(True):
         flushed = tiny * 1.0 == 0
-    assert flushed and tiny * 1.0 > 0  # and restored for whatever runs next
+    assert flushed
+    assert tiny * 1.0 > 0

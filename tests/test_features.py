@@ -58,7 +58,7 @@ P2 = (50.0, -0.2, -3.0)
 def hand_jet() -> dict[str, float]:
     """The jet axis and sums, by hand with the math module."""
     a, b = p4_of(*P1), p4_of(*P2)
-    s = [x + y for x, y in zip(a, b)]
+    s = [x + y for x, y in zip(a, b, strict=True)]
     pt = math.hypot(s[0], s[1])
     return {
         "pt": pt,
@@ -80,7 +80,8 @@ def test_kin_against_hand_computation():
         "part_pt_log", "part_e_log", "part_logptrel", "part_logerel", "part_deltaR", "part_deta", "part_dphi",
     )
     x = fs.compute(c)
-    assert x.shape == (1, 2, 7) and x.dtype == np.float32
+    assert x.shape == (1, 2, 7)
+    assert x.dtype == np.float32
     j = hand_jet()
     # the jet axis sits just below +π; particle 2 (φ = -3) is across the boundary
     assert j["phi"] == pytest.approx(3.09412, abs=1e-4)
@@ -107,7 +108,8 @@ def test_clipping_and_dphi_range():
     # a very soft particle: standardised logs hit the -5 clip; Δφ of exactly π maps to -π
     c = chunk_of([[p4_of(100.0, 0.0, 0.0), p4_of(1e-4, 0.0, math.pi)]])
     x = FEATURE_SETS.get("kin").compute(c)
-    assert x[0, 1, 0] == -5.0 and x[0, 1, 2] == -5.0
+    assert x[0, 1, 0] == -5.0
+    assert x[0, 1, 2] == -5.0
     assert -math.pi <= x[0, 1, 6] < math.pi
     assert x[0, 1, 6] == pytest.approx(-math.pi, abs=1e-5)
 
@@ -146,7 +148,8 @@ def test_full_and_kinpid_against_hand_computation():
     c = chunk_of([[p4_of(*P1), p4_of(*P2)]], **full_fields())
     kin = FEATURE_SETS.get("kin").compute(c)
     full = FEATURE_SETS.get("full")
-    assert full.dim == 17 and FEATURE_SETS.get("kinpid").dim == 13
+    assert full.dim == 17
+    assert FEATURE_SETS.get("kinpid").dim == 13
     x = full.compute(c)
     # ParT config order: 5 kinematics, charge, 5 PID, d0, d0err, dz, dzerr, deta, dphi
     np.testing.assert_array_equal(x[..., :5], kin[..., :5])
@@ -207,7 +210,9 @@ def test_flip_eta_convention():
     jets = [[p4_of(30, -1.2, 0.1), p4_of(20, -1.0, 0.0)], [p4_of(30, 1.2, 0.1), p4_of(20, 1.0, 0.0)]]
     c = chunk_of(jets)
     kin = FEATURE_SETS.get("kin")
-    assert kin.flip_eta and FEATURE_SETS.get("full").flip_eta and FEATURE_SETS.get("kinpid").flip_eta
+    assert kin.flip_eta
+    assert FEATURE_SETS.get("full").flip_eta
+    assert FEATURE_SETS.get("kinpid").flip_eta
     flipped, plain = kin.compute(c), kin.replace(flip_eta=False).compute(c)
     assert plain[0, 0, 5] < 0 < flipped[0, 0, 5]  # the harder particle is at lower η than the axis
     np.testing.assert_allclose(flipped[0, :, 5], -plain[0, :, 5])  # negative-η jet: sign flipped
@@ -223,7 +228,9 @@ def test_missing_fields_raise(name, field):
     with pytest.raises(HepfmInputError) as err:
         FEATURE_SETS.get(name).compute(c, path="top_test.h5")
     msg = str(err.value)
-    assert field in msg and repr(name) in msg and "top_test.h5" in msg
+    assert field in msg
+    assert repr(name) in msg
+    assert "top_test.h5" in msg
     assert err.value.path == "top_test.h5"
 
 
@@ -240,7 +247,9 @@ def test_serialisation_round_trip(name):
     fs = FEATURE_SETS.get(name)
     d = json.loads(json.dumps(fs.to_dict()))
     back = FeatureSet.from_dict(d)
-    assert back == fs and get_feature_set(d) == fs and get_feature_set(name) is fs
+    assert back == fs
+    assert get_feature_set(d) == fs
+    assert get_feature_set(name) is fs
     assert any(f["center"] is not None for f in d["features"])
 
 
@@ -269,7 +278,8 @@ def test_jet_features_match_jetchunk():
             for k in (4, 1, 7, 2)]
     c = chunk_of(jets, n_slots=8)
     jv = jet_features(c)
-    assert jv.shape == (4, len(JET_FEATURES)) and jv.dtype == np.float32
+    assert jv.shape == (4, len(JET_FEATURES))
+    assert jv.dtype == np.float32
     jk = c.jet_kinematics()
     np.testing.assert_allclose(jv, np.stack([jk[k] for k in JET_FEATURES], 1), rtol=1e-5, atol=1e-5)
     j = hand_jet()
@@ -311,7 +321,8 @@ def test_a_particle_cap_does_not_change_the_kept_particles_features(tmp_path, fm
         write_jets(path, [chunk], fmt, {})
         full = open_source(path, max_particles=None).read(0, 40)
         capped = open_source(path, max_particles=6).read(0, 40)
-    assert capped.max_particles == 6 and FULL_JET_P4 in capped.jets
+    assert capped.max_particles == 6
+    assert FULL_JET_P4 in capped.jets
     np.testing.assert_allclose(capped.jet_p4(), full.p4.sum(axis=1, dtype=np.float64), rtol=1e-6, atol=1e-6)
     fs = FEATURE_SETS.get("kin")
     want = fs.compute(full)[:, :6]

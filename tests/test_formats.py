@@ -41,7 +41,8 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def assert_same(a: JetChunk, b: JetChunk, particles: bool = True) -> None:
-    assert a.p4.dtype == np.float32 and b.p4.dtype == np.float32
+    assert a.p4.dtype == np.float32
+    assert b.p4.dtype == np.float32
     np.testing.assert_array_equal(a.p4, b.p4)
     np.testing.assert_array_equal(a.mask, b.mask)
     if a.label is None:
@@ -96,7 +97,9 @@ def test_hepfm_round_trip_chunked(tmp_path):
     assert n == 157
     assert detect_format(path) == "hepfm"
     src = open_source(path)
-    assert isinstance(src, HepfmH5Source) and len(src) == 157 and src.has_labels
+    assert isinstance(src, HepfmH5Source)
+    assert len(src) == 157
+    assert src.has_labels
     assert src.class_names == TOPTAG_CLASSES
     assert src.metadata == {"seed": 7, "generator": {"pythia": "8.312"}}
     back = src.read(0, 157)
@@ -110,21 +113,29 @@ def test_hepfm_round_trip_chunked(tmp_path):
     # past the end is clipped
     assert len(src.read(150, 400)) == 7
     with h5py.File(path) as f:
-        assert f.attrs["hepfm_schema"] == 1 and f.attrs["hepfm_format"] == "jets"
+        assert f.attrs["hepfm_schema"] == 1
+        assert f.attrs["hepfm_format"] == "jets"
         assert json.loads(f.attrs["class_names"]) == ["QCD", "Top"]
-        assert bool(f.attrs["labeled"]) and f.attrs["n_jets"] == 157
+        assert bool(f.attrs["labeled"])
+        assert f.attrs["n_jets"] == 157
         assert json.loads(f.attrs["class_counts"]) == {
             "QCD": int((c.label == 0).sum()),
             "Top": int((c.label == 1).sum()),
         }
         ds = f["p4"]
-        assert ds.shape == (157, 30, 4) and ds.dtype == np.float32
+        assert ds.shape == (157, 30, 4)
+        assert ds.dtype == np.float32
         # the default compression: gzip level 1 without shuffle (measured: see docs/data.md), checksummed
-        assert ds.chunks == (16, 30, 4) and ds.compression == "gzip" and ds.fletcher32
-        assert ds.compression_opts == 1 and not ds.shuffle and f.attrs["compression"] == "gzip-1"
+        assert ds.chunks == (16, 30, 4)
+        assert ds.compression == "gzip"
+        assert ds.fletcher32
+        assert ds.compression_opts == 1
+        assert not ds.shuffle
+        assert f.attrs["compression"] == "gzip-1"
         assert f["n_particles"].dtype == np.int16
         np.testing.assert_array_equal(f["n_particles"][:], c.n_particles)
-        assert f["label"].dtype == np.int64 and f["particles/pid"].dtype == np.int32
+        assert f["label"].dtype == np.int64
+        assert f["particles/pid"].dtype == np.int32
         assert f["particles/charge"].dtype == np.float32
     # no temporary files left behind
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.h5"]
@@ -136,7 +147,8 @@ def test_hepfm_unlabeled_padding_truncation(tmp_path):
     with HepfmH5Writer(path, max_particles=16, class_names=(), labeled=False, metadata={}) as w:
         w.append(c)
     src = open_source(path)
-    assert not src.has_labels and src.read(0, 1).label is None
+    assert not src.has_labels
+    assert src.read(0, 1).label is None
     back = src.read(0, 20)
     assert back.max_particles == 16
     assert_same(c, back.truncate(12))
@@ -150,12 +162,10 @@ def test_hepfm_unlabeled_padding_truncation(tmp_path):
 def test_hepfm_writer_is_atomic(tmp_path):
     path = tmp_path / "keep.h5"
     write_jets(path, [random_chunk(5, 8, seed=1)], "hepfm", {"v": 1})
-    with pytest.raises(RuntimeError, match="boom"):
-        with HepfmH5Writer(
-            path, max_particles=8, class_names=TOPTAG_CLASSES, labeled=True, metadata={"v": 2}
-        ) as w:
-            w.append(random_chunk(5, 8, seed=2))
-            raise RuntimeError("boom")
+    w = HepfmH5Writer(path, max_particles=8, class_names=TOPTAG_CLASSES, labeled=True, metadata={"v": 2})
+    with pytest.raises(RuntimeError, match="boom"), w:  # noqa: PT012 (the error must come from inside the writer)
+        w.append(random_chunk(5, 8, seed=2))
+        raise RuntimeError("boom")
     assert open_source(path).metadata == {"v": 1}  # the old file is untouched
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.h5"]
 
@@ -176,7 +186,8 @@ def test_hepfm_auto_slots_refuses_silent_truncation(tmp_path):
         {},
         max_particles=8,
     )
-    assert n == 10 and open_source(tmp_path / "y.h5").read(0, 10).max_particles == 8
+    assert n == 10
+    assert open_source(tmp_path / "y.h5").read(0, 10).max_particles == 8
 
 
 def test_reader_pickles_for_workers(tmp_path):
@@ -198,7 +209,9 @@ def test_toptag_read_pandas_layouts(tmp_path, layout):
     df.to_hdf(path, key="table", mode="w", format=layout)
     assert detect_format(path) == "toptag-h5"
     src = open_source(path)
-    assert src.format == "toptag-h5" and src.layout == layout and len(src) == 40
+    assert src.format == "toptag-h5"
+    assert src.layout == layout
+    assert len(src) == 40
     assert src.file_max_particles == 23  # inferred from the columns, not 200
     back = src.read(0, 40)
     assert_same(c, back)
@@ -223,7 +236,9 @@ def test_toptag_fixed_blocks_mapped_by_name(tmp_path):
         ]
         columns = [x.decode() for x in f["table/axis0"][()]]
     assert columns[0] == "is_signal_new"
-    assert sum(items, []) != columns  # the test means something: blocks are not in column order
+    assert [
+        c for block in items for c in block
+    ] != columns  # the test means something: blocks are not in column order
     assert any("PZ_0" in it and "PX_0" not in it for it in items)
     back = open_source(path).read(0, 25)
     assert_same(c, back)
@@ -252,7 +267,8 @@ def test_toptag_writer_readable_by_pandas(tmp_path):
     expected = [f"{comp}_{i}" for i in range(200) for comp in ("E", "PX", "PY", "PZ")]
     expected += ["truthE", "truthPX", "truthPY", "truthPZ", "ttv", "is_signal_new"]
     assert list(df.columns) == expected
-    assert df["is_signal_new"].dtype == np.int64 and df["ttv"].dtype == np.int64
+    assert df["is_signal_new"].dtype == np.int64
+    assert df["ttv"].dtype == np.int64
     assert df["E_0"].dtype == np.float32
     np.testing.assert_array_equal(df["is_signal_new"].to_numpy(), c.label)
     np.testing.assert_array_equal(df["ttv"].to_numpy(), 1)
@@ -269,10 +285,13 @@ def test_toptag_writer_unlabeled_and_slots(tmp_path):
     path = tmp_path / "u.h5"
     write_jets(path, [c], "toptag-h5", {}, n_slots=12)
     df = pd.read_hdf(path, "table")
-    assert "is_signal_new" not in df.columns and "truthE" not in df.columns
-    assert list(df.columns)[-1] == "ttv" and len(df.columns) == 4 * 12 + 1
+    assert "is_signal_new" not in df.columns
+    assert "truthE" not in df.columns
+    assert list(df.columns)[-1] == "ttv"
+    assert len(df.columns) == 4 * 12 + 1
     src = open_source(path)
-    assert not src.has_labels and src.file_max_particles == 12
+    assert not src.has_labels
+    assert src.file_max_particles == 12
     assert_same(c, src.read(0, 10))
 
 
@@ -291,10 +310,9 @@ def official_like_jetclass(path, chunk: JetChunk, label_types: bool = True) -> N
         data[f"part_{k}"] = ak.unflatten(v[m].astype(dtype), npart)
     for i, cls in enumerate(JETCLASS_CLASSES):
         onehot = chunk.label == i
-        if label_types:  # as in the official example file: float, bool and int32 labels
-            dtype = np.float32 if i == 0 else (np.bool_ if i < 6 else np.int32)
-        else:
-            dtype = np.float32
+        dtype = np.float32
+        if label_types and i > 0:  # as in the official example file: float, bool and int32 labels
+            dtype = np.bool_ if i < 6 else np.int32
         data[f"label_{cls}"] = onehot.astype(dtype)
     data["jet_pt"] = np.linspace(500, 1000, len(chunk)).astype(np.float32)
     data["jet_sdmass"] = np.linspace(10, 200, len(chunk)).astype(np.float32)
@@ -313,7 +331,9 @@ def test_jetclass_read_official_like(tmp_path):
     official_like_jetclass(path, c)
     assert detect_format(path) == "jetclass-root"
     src = open_source(path, max_particles=40)
-    assert src.has_labels and src.class_names == JETCLASS_CLASSES and len(src) == 60
+    assert src.has_labels
+    assert src.class_names == JETCLASS_CLASSES
+    assert len(src) == 60
     back = src.read(0, 60)
     c.particles.pop("pid")
     assert_same(c, back)
@@ -406,7 +426,8 @@ def test_jetclass_writer_readable_by_uproot(tmp_path):
     np.testing.assert_allclose(ak.to_numpy(a["part_dphi"][i]), dphi, atol=1e-5)
     assert (np.abs(ak.to_numpy(ak.flatten(a["part_dphi"]))) < 1.5).all()
     meta = json.loads(str(f["hepfm_metadata"]))
-    assert meta["seed"] == 9 and meta["zero_filled_branches"] == []
+    assert meta["seed"] == 9
+    assert meta["zero_filled_branches"] == []
     # and back through our reader, including the non-jet_ field
     back = open_source(path, max_particles=25).read(0, 70)
     assert_same(c, back)
@@ -419,9 +440,10 @@ def test_jetclass_writer_zero_fills_missing_fields(tmp_path):
     path = tmp_path / "u.root"
     write_jets(path, [c], "jetclass-root", {})
     f = uproot.open(path)
-    assert not any(k.startswith("label_") for k in f["tree"].keys())
+    assert not any(k.startswith("label_") for k in f["tree"].keys())  # noqa: SIM118 (uproot: names, not branches)
     meta = json.loads(str(f["hepfm_metadata"]))
-    assert "part_d0val" in meta["zero_filled_branches"] and "part_isMuon" in meta["zero_filled_branches"]
+    assert "part_d0val" in meta["zero_filled_branches"]
+    assert "part_isMuon" in meta["zero_filled_branches"]
     assert (ak.to_numpy(ak.flatten(f["tree"]["part_charge"].array())) == 0).all()
     src = open_source(path, max_particles=15)
     assert not src.has_labels
@@ -462,7 +484,8 @@ def test_read_fields_selects_particle_and_jet_fields(tmp_path):
         assert set(some.jets) == {"n_const"}, fmt
         np.testing.assert_array_equal(some.jets["n_const"], c.n_particles[10:80])
         kin = src.read(10, 80, fields=(), jet_fields=())
-        assert kin.particles == {} and kin.jets == {}
+        assert kin.particles == {}
+        assert kin.jets == {}
         assert_same(full, kin, particles=False)
         # positional fields work too, and None means all
         assert set(src.read(0, 5, ["isPhoton"]).particles) == {"isPhoton"}
@@ -519,7 +542,9 @@ def test_jetclass_baskets_and_range_cache(tmp_path, monkeypatch):
     src = open_source(path, max_particles=20)
     for a, b in ((45, 50), (50, 78), (40, 80), (79, 121), (0, 130), (125, 130)):
         assert_same(c.take(slice(a, b)), src.read(a, b))
-        assert src._cache is not None and src._cache.lo <= a and b <= src._cache.hi
+        assert src._cache is not None
+        assert src._cache.lo <= a
+        assert b <= src._cache.hi
     assert src._cache.nbytes < 200 * 130 * 10
     monkeypatch.setattr(jr, "CACHE_BYTES", 1)  # nothing fits: each read decodes its own range only
     small = open_source(path, max_particles=20)
@@ -541,7 +566,8 @@ def test_hepfm_compressions_round_trip(tmp_path, spec):
         assert f.attrs["compression"] == spec
         for name in ("p4", "particles/charge", "label"):
             ds = f[name]
-            assert ds.fletcher32 and ds.chunks[0] == 32
+            assert ds.fletcher32
+            assert ds.chunks[0] == 32
             assert ds.shuffle == spec.endswith("+shuffle")
             assert ds.compression == {"g": "gzip", "l": "lzf", "n": None}[spec[0]]
     src = open_source(path)
@@ -552,12 +578,15 @@ def test_hepfm_compressions_round_trip(tmp_path, spec):
 def test_hepfm_compression_default_legacy_and_errors(tmp_path):
     from hepfm.data.formats.hepfm_h5 import DEFAULT_CHUNK_JETS, DEFAULT_COMPRESSION, compression_options
 
-    assert DEFAULT_COMPRESSION == "gzip-1" and DEFAULT_CHUNK_JETS == 1024
+    assert DEFAULT_COMPRESSION == "gzip-1"
+    assert DEFAULT_CHUNK_JETS == 1024
     assert 8192 % DEFAULT_CHUNK_JETS == 0  # the loaders' reads never split an HDF5 chunk
     c = random_chunk(2100, 8, seed=2)
     write_jets(tmp_path / "d.h5", [c], "hepfm", {})
     with h5py.File(tmp_path / "d.h5") as f:
-        assert f["p4"].chunks == (1024, 8, 4) and f["p4"].compression_opts == 1 and not f["p4"].shuffle
+        assert f["p4"].chunks == (1024, 8, 4)
+        assert f["p4"].compression_opts == 1
+        assert not f["p4"].shuffle
     # the former writer option still works and means gzip + shuffle
     with HepfmH5Writer(tmp_path / "old.h5", max_particles=8, class_names=TOPTAG_CLASSES, labeled=True,
                        compression_level=4) as w:
@@ -647,10 +676,14 @@ def test_inspect_hand_computed(tmp_path, fmt):
     write_jets(path, [chunk], fmt, {"note": "hand"})
     s = inspect_files([str(path)])
     f = s["files"][0]
-    assert f["format"] == fmt and f["n_jets"] == 8 and f["n_good"] == 8 and f["n_bad"] == 0
+    assert f["format"] == fmt
+    assert f["n_jets"] == 8
+    assert f["n_good"] == 8
+    assert f["n_bad"] == 0
     assert f["labeled"]
     cls = f["class_names"]
-    assert f["class_counts"][cls[0]] == 4 and f["class_counts"][cls[1]] == 4
+    assert f["class_counts"][cls[0]] == 4
+    assert f["class_counts"][cls[1]] == 4
     for k, name in ((0, cls[0]), (1, cls[1])):
         ms = np.array([m for m, lab in zip(masses, labels, strict=True) if lab == k])
         q = f["jet_mass"][name]
@@ -679,21 +712,27 @@ def test_inspect_multiplicity_and_totals(tmp_path):
     write_jets(tmp_path / "m1.h5", [chunk], "hepfm", {})
     write_jets(tmp_path / "m2.h5", [chunk.take(slice(0, 4))], "hepfm", {})
     s = inspect_files([str(tmp_path / "m*.h5")], chunk_size=3)
-    f1, f2 = s["files"]
+    f1, _f2 = s["files"]
     c = f1["constituents"]
-    assert c["mean"] == 5.5 and c["min"] == 1 and c["max"] == 10
+    assert c["mean"] == 5.5
+    assert c["min"] == 1
+    assert c["max"] == 10
     np.testing.assert_allclose([c["q10"], c["q50"], c["q90"]], np.quantile(counts, [0.1, 0.5, 0.9]))
     allc = counts + counts[:4]
     t = s["total"]
-    assert t["n_files"] == 2 and t["n_jets"] == 14 and t["formats"] == {"hepfm": 2}
+    assert t["n_files"] == 2
+    assert t["n_jets"] == 14
+    assert t["formats"] == {"hepfm": 2}
     np.testing.assert_allclose(
         [t["constituents"][k] for k in ("mean", "q10", "q50", "q90")],
         [np.mean(allc), *np.quantile(allc, [0.1, 0.5, 0.9])],
     )
-    assert not f1["labeled"] and set(f1["jet_mass"]) == {"all"}
+    assert not f1["labeled"]
+    assert set(f1["jet_mass"]) == {"all"}
     np.testing.assert_allclose(f1["jet_mass"]["all"]["q50"], 0.0, atol=1e-2)  # collinear massless
     s2 = inspect_files([str(tmp_path / "m1.h5")], max_jets=4)
-    assert s2["files"][0]["n_read"] == 4 and s2["files"][0]["constituents"]["max"] == 4
+    assert s2["files"][0]["n_read"] == 4
+    assert s2["files"][0]["constituents"]["max"] == 4
 
 
 def test_int_histogram_and_sample_match_numpy():
@@ -704,14 +743,18 @@ def test_int_histogram_and_sample_match_numpy():
         h.add(part)
     s = h.summary()
     np.testing.assert_allclose([s["q10"], s["q50"], s["q90"]], np.quantile(x, [0.1, 0.5, 0.9]))
-    assert s["min"] == x.min() and s["max"] == x.max() and s["mean"] == pytest.approx(x.mean())
+    assert s["min"] == x.min()
+    assert s["max"] == x.max()
+    assert s["mean"] == pytest.approx(x.mean())
     y = rng.normal(size=20_000)
     exact = _Sample(cap=30_000)
     approx = _Sample(cap=5_000)
     for part in np.array_split(y, 9):
         exact.add(part)
         approx.add(part)
-    assert exact.exact and not approx.exact and approx.values().size == 5_000
+    assert exact.exact
+    assert not approx.exact
+    assert approx.values().size == 5_000
     assert exact.quantiles()["q50"] == pytest.approx(np.median(y))
     assert approx.quantiles()["q90"] == pytest.approx(np.quantile(y, 0.9), abs=0.08)
 
@@ -721,12 +764,15 @@ def test_cli_inspect_text_and_json(tmp_path):
     write_jets(tmp_path / "b.dat", [jetclass_chunk(20, 10)], "jetclass-root", {})
     r = run_cli(str(tmp_path / "a.h5"), str(tmp_path / "b.dat"))
     assert r.returncode == 0, r.stderr
-    assert "hepfm" in r.stdout and "jetclass-root" in r.stdout and '"seed": 42' in r.stdout
+    assert "hepfm" in r.stdout
+    assert "jetclass-root" in r.stdout
+    assert '"seed": 42' in r.stdout
     assert "total over 2 files" in r.stdout
     r = run_cli(str(tmp_path / "*.h5"), "--json", "--max-jets", "7")
     assert r.returncode == 0, r.stderr
     s = json.loads(r.stdout)
-    assert s["files"][0]["n_read"] == 7 and s["files"][0]["n_jets"] == 30
+    assert s["files"][0]["n_read"] == 7
+    assert s["files"][0]["n_jets"] == 30
     assert s["files"][0]["metadata"] == {"seed": 42}
 
 
@@ -735,4 +781,5 @@ def test_cli_entry_point_lists_inspect():
         [sys.executable, "-m", "hepfm.cli", "inspect", "--help"], capture_output=True, text=True, timeout=120
     )
     assert r.returncode == 0, r.stderr
-    assert "--skip-bad" in r.stdout and "--max-jets" in r.stdout
+    assert "--skip-bad" in r.stdout
+    assert "--max-jets" in r.stdout

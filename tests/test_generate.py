@@ -16,12 +16,12 @@ import pytest
 pytest.importorskip("pythia8mc")
 pytest.importorskip("fastjet")
 
-from hepfm.cli import main as cli_main  # noqa: E402
-from hepfm.data.jets import JETCLASS_CLASSES  # noqa: E402
-from hepfm.generation.job import GenerationJob, _part_path, _prepare_parts_dir, _run_and_save, run_job  # noqa: E402
-from hepfm.generation.processes import DATASETS, higgs_ww_one_leptonic_one_hadronic  # noqa: E402
-from hepfm.generation.truth import match_resonance  # noqa: E402
-from hepfm.generation.worker import ShardTask, pid_flags, run_shard  # noqa: E402
+from hepfm.cli import main as cli_main
+from hepfm.data.jets import JETCLASS_CLASSES
+from hepfm.generation.job import GenerationJob, _part_path, _prepare_parts_dir, _run_and_save, run_job
+from hepfm.generation.processes import DATASETS, higgs_ww_one_leptonic_one_hadronic
+from hepfm.generation.truth import match_resonance
+from hepfm.generation.worker import ShardTask, pid_flags, run_shard
 
 pytestmark = pytest.mark.gen
 
@@ -61,10 +61,13 @@ def test_toptag_selection_window_and_particles(toptag_chunks):
         for name, values in chunk.particles.items():
             assert np.all(np.isfinite(values)), name
         assert 40 < chunk.n_particles.mean() < 100
-    assert set(np.unique(top.label)) == {1} and set(np.unique(qcd.label)) == {0}
+    assert set(np.unique(top.label)) == {1}
+    assert set(np.unique(qcd.label)) == {0}
     assert top.class_names == ("QCD", "Top")
     # truth top is within the jet and on shell
-    t = np.stack([top.jets[k] for k in ("truthPX", "truthPY", "truthPZ", "truthE")], axis=1).astype(np.float64)
+    t = np.stack([top.jets[k] for k in ("truthPX", "truthPY", "truthPZ", "truthE")], axis=1).astype(
+        np.float64
+    )
     m_truth = np.sqrt(np.clip(t[:, 3] ** 2 - (t[:, :3] ** 2).sum(1), 0, None))
     assert np.mean(np.abs(m_truth - 172.5) < 10) > 0.95  # Breit-Wigner tails
     assert 0.15 < stats["accepted"] / stats["events"] < 0.5
@@ -72,7 +75,8 @@ def test_toptag_selection_window_and_particles(toptag_chunks):
 
 def test_w_jets_peak_near_w_mass_without_mpi():
     chunk, _ = run_shard(
-        ShardTask("jetclass", JETCLASS_CLASSES.index("Wqq"), 0, 150, seed=5, extra_settings=("PartonLevel:MPI = off",))
+        ShardTask("jetclass", JETCLASS_CLASSES.index("Wqq"), 0, 150, seed=5,
+                  extra_settings=("PartonLevel:MPI = off",))
     )
     m = chunk.jet_kinematics()["mass"]
     assert 72 < np.median(m) < 90
@@ -81,15 +85,19 @@ def test_w_jets_peak_near_w_mass_without_mpi():
 def test_jetclass_features_pid_and_impact_parameters():
     chunk, _ = run_shard(ShardTask("jetclass", JETCLASS_CLASSES.index("Hbb"), 0, 100, seed=3))
     p = chunk.particles
-    flags = np.stack([p[k] for k in ("isChargedHadron", "isNeutralHadron", "isPhoton", "isElectron", "isMuon")], -1)
+    flags = np.stack(
+        [p[k] for k in ("isChargedHadron", "isNeutralHadron", "isPhoton", "isElectron", "isMuon")], -1
+    )
     assert np.all(flags.sum(-1)[chunk.mask] == 1), "exactly one PID flag per real particle"
     charged = (p["charge"] != 0) & chunk.mask
-    assert np.all(p["d0err"][charged] > 0) and np.all(p["d0val"][~charged] == 0)
+    assert np.all(p["d0err"][charged] > 0)
+    assert np.all(p["d0val"][~charged] == 0)
     # b-hadron decays displace tracks: H->bb jets have more large-|d0| tracks than light-quark W jets
     w, _ = run_shard(ShardTask("jetclass", JETCLASS_CLASSES.index("Wqq"), 0, 100, seed=4))
-    sig = lambda c: (np.abs(c.particles["d0val"]) / np.where(c.particles["d0err"] > 0, c.particles["d0err"], 1) > 5)[
-        (c.particles["charge"] != 0) & c.mask
-    ].mean()
+    def sig(c):
+        return (
+            np.abs(c.particles["d0val"]) / np.where(c.particles["d0err"] > 0, c.particles["d0err"], 1) > 5
+        )[(c.particles["charge"] != 0) & c.mask].mean()
     assert sig(chunk) > 1.5 * sig(w)
 
 
@@ -137,7 +145,8 @@ def test_detector_presets_change_the_jets(toptag_chunks):
     top_atlas, _ = run_shard(ShardTask("toptag", 1, 0, 200, seed=11, detector="atlas"))
     n_truth, n_cms, n_atlas = (c.n_particles.mean() for c in (top_truth, top_cms, top_atlas))
     # calorimeter merging and thresholds remove particles; ATLAS-like cells are coarser
-    assert n_cms < 0.95 * n_truth and n_atlas < n_cms
+    assert n_cms < 0.95 * n_truth
+    assert n_atlas < n_cms
     m, part = top_atlas.mask, top_atlas.particles
     pt = np.hypot(top_atlas.p4[..., 0], top_atlas.p4[..., 1])
     tracks = m & (part["charge"] != 0)
@@ -151,7 +160,8 @@ def test_detector_presets_change_the_jets(toptag_chunks):
 def test_class_mix_and_balance():
     job = GenerationJob("jetclass", 1003, Path("x.h5"))
     counts = job.class_counts()
-    assert sum(counts.values()) == 1003 and max(counts.values()) - min(counts.values()) <= 1
+    assert sum(counts.values()) == 1003
+    assert max(counts.values()) - min(counts.values()) <= 1
     mixed = GenerationJob("toptag", 100, Path("x.h5"), mix={"QCD": 3, "Top": 1}).class_counts()
     assert mixed == {"QCD": 75, "Top": 25}
 
@@ -210,25 +220,29 @@ def test_killed_cli_run_leaves_no_output_and_resumes(tmp_path):
     assert not out.exists()
     done = len(list(parts.glob("*.npz")))
     assert 2 <= done < 12
-    res = subprocess.run(cmd + ["--json"], capture_output=True, text=True, timeout=300)
+    res = subprocess.run([*cmd, "--json"], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
-    assert out.exists() and not parts.exists()
+    assert out.exists()
+    assert not parts.exists()
     assert json.loads(res.stdout)["class_counts"] == {"QCD": 300, "Top": 300}
 
 
 def test_cli_generate_unlabeled_and_bad_options(tmp_path, capsys):
     out = tmp_path / "u.h5"
-    assert cli_main(["generate", "toptag", "--n-jets", "40", "--out", str(out), "--unlabeled", "--no-progress",
-                     "--shard-size", "20"]) == 0
+    assert cli_main(["generate", "toptag", "--n-jets", "40", "--out", str(out), "--unlabeled",
+                     "--no-progress", "--shard-size", "20"]) == 0
     from hepfm.data.formats import open_source
 
     src = open_source(out)
-    assert len(src) == 40 and not src.has_labels
+    assert len(src) == 40
+    assert not src.has_labels
     chunk = src.read(0, 40)
-    assert chunk.label is None and not any(k.startswith("truth") for k in chunk.jets)
+    assert chunk.label is None
+    assert not any(k.startswith("truth") for k in chunk.jets)
     assert cli_main(["generate", "toptag", "--n-jets", "10", "--out", str(out), "--mix", "Bogus=1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "Bogus" in err[0]
+    assert len(err) == 1
+    assert "Bogus" in err[0]
     assert cli_main(["generate", "toptag", "--n-jets", "0", "--out", str(out)]) == 2
 
 

@@ -3,6 +3,7 @@ full disks. Each case ends in one line and exit status 2, or leaves no process o
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import resource
@@ -19,15 +20,15 @@ import pytest
 pytest.importorskip("pythia8mc")
 pytest.importorskip("fastjet")
 
-from hepfm.cli import main as cli_main  # noqa: E402
-from hepfm.generation.job import (  # noqa: E402
+from hepfm.cli import main as cli_main
+from hepfm.generation.job import (
     GenerationJob,
     _part_path,
     _prepare_parts_dir,
     _run_and_save,
     _write_errno,
 )
-from hepfm.io import output_lock  # noqa: E402
+from hepfm.io import output_lock
 
 GENERATE = [sys.executable, "-m", "hepfm.cli", "generate", "toptag"]
 SMALL = ["--n-jets", "40", "--shard-size", "20", "--batch-events", "100", "--no-progress"]
@@ -76,13 +77,15 @@ def test_unwritable_out_is_refused_before_generating(tmp_path, capsys, monkeypat
             monkeypatch.setattr(tempfile, "mkstemp", denied)
     assert cli_main(["generate", "toptag", "--out", str(out), *SMALL]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and str(out.parent) in err[0], err
-    assert not list(tmp_path.rglob("*.parts")) and not leftovers(tmp_path)
+    assert len(err) == 1, err
+    assert str(out.parent) in err[0], err
+    assert not list(tmp_path.rglob("*.parts"))
+    assert not leftovers(tmp_path)
 
 
 # -- 2. bad option values: one line naming the option, nothing created
 @pytest.mark.parametrize(
-    "option, named",
+    ("option", "named"),
     [
         (["--shard-size", "0"], "--shard-size"),
         (["--shard-size", "-5"], "--shard-size"),
@@ -101,7 +104,8 @@ def test_bad_option_values_give_one_line(tmp_path, capsys, option, named):
     argv = ["generate", "toptag", "--n-jets", "20", "--out", str(out), "--no-progress", *option]
     assert cli_main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and named in err[0], err
+    assert len(err) == 1, err
+    assert named in err[0], err
     assert list(tmp_path.iterdir()) == []
 
 
@@ -117,10 +121,8 @@ def test_valid_settings_and_seed_zero_are_accepted():
 def _children(pid: int) -> set[int]:
     kids: set[int] = set()
     for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
+        with contextlib.suppress(OSError):  # the process (or thread) is gone
             kids |= {int(c) for c in (task / "children").read_text().split()}
-        except OSError:  # the process (or thread) is gone
-            pass
     return kids
 
 
@@ -208,8 +210,10 @@ def test_concurrent_run_on_the_same_output_is_refused(tmp_path):
                              text=True, timeout=120)
     assert res.returncode == 2, res.stderr
     err = error_lines(res.stderr)
-    assert len(err) == 1 and "another hepfm process" in err[0], err
-    assert not (tmp_path / "o.h5.parts").exists() and not out.exists()
+    assert len(err) == 1, err
+    assert "another hepfm process" in err[0], err
+    assert not (tmp_path / "o.h5.parts").exists()
+    assert not out.exists()
 
 
 # -- 5. a full disk: one line, exit 2, no temporary file, and the finished shards resume
@@ -222,8 +226,11 @@ def test_disk_full_while_writing_shards(tmp_path):
     )
     assert res.returncode == 2, res.stderr
     err = error_lines(res.stderr)
-    assert len(err) == 1 and "o.h5.parts" in err[0] and os.strerror(27) in err[0], err
-    assert not leftovers(tmp_path) and not out.exists()
+    assert len(err) == 1, err
+    assert "o.h5.parts" in err[0], err
+    assert os.strerror(27) in err[0], err
+    assert not leftovers(tmp_path)
+    assert not out.exists()
     assert not list((tmp_path / "o.h5.parts").glob("*.npz"))  # no shard fitted under the limit
 
 
@@ -248,13 +255,19 @@ def test_disk_full_while_writing_the_output(tmp_path, finished_parts, fmt):
                          preexec_fn=limit_file_size(20_000))
     assert res.returncode == 2, res.stderr[-2000:]
     err = error_lines(res.stderr)
-    assert len(err) == 1 and str(out) in err[0] and os.strerror(27) in err[0] and "rerun" in err[0], err
-    assert not leftovers(tmp_path) and not out.exists()
+    assert len(err) == 1, err
+    assert str(out) in err[0], err
+    assert os.strerror(27) in err[0], err
+    assert "rerun" in err[0], err
+    assert not leftovers(tmp_path)
+    assert not out.exists()
     # the shards survive, so once there is room the same command only merges them
     res = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "resuming: 2 of 2 shards" in res.stderr
-    assert out.exists() and not (tmp_path / "o.h5.parts").exists() and not leftovers(tmp_path)
+    assert out.exists()
+    assert not (tmp_path / "o.h5.parts").exists()
+    assert not leftovers(tmp_path)
 
 
 @pytest.mark.gen
@@ -274,7 +287,9 @@ def test_writer_error_reporting_errno_only_in_its_message_gives_one_line(tmp_pat
     monkeypatch.setattr(hepfm.data.formats, "write_jets", full_disk)
     assert cli_main(["generate", "toptag", "--out", str(out), *SMALL]) == 2
     err = error_lines(capsys.readouterr().err.strip())
-    assert len(err) == 1 and str(out) in err[0] and os.strerror(28) in err[0], err
+    assert len(err) == 1, err
+    assert str(out) in err[0], err
+    assert os.strerror(28) in err[0], err
     assert (tmp_path / "o.h5.parts").exists()
 
 
@@ -293,4 +308,5 @@ def test_corrupt_manifest_of_an_interrupted_run_gives_one_line(tmp_path, capsys)
     (tmp_path / "o.h5.parts" / "job.json").write_text('{"dataset": "top')  # cut off by a full disk
     assert cli_main(["generate", "toptag", "--out", str(out), *SMALL]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--restart" in err[0], err
+    assert len(err) == 1, err
+    assert "--restart" in err[0], err

@@ -11,14 +11,14 @@ import torch
 
 pytest.importorskip("fastjet")
 
-from hepfm.contracts import ParticleBatch  # noqa: E402
-from hepfm.data.features import FEATURE_SETS  # noqa: E402
-from hepfm.data.jets import JetChunk  # noqa: E402
-from hepfm.errors import HepfmInputError  # noqa: E402
-from hepfm.models import create_backbone  # noqa: E402
-from hepfm.objectives.ema import momentum_at  # noqa: E402
-from hepfm.objectives.jepa import JEPA, mean_pairwise_cosine  # noqa: E402
-from hepfm.objectives.registry import create_objective  # noqa: E402
+from hepfm.contracts import ParticleBatch
+from hepfm.data.features import FEATURE_SETS
+from hepfm.data.jets import JetChunk
+from hepfm.errors import HepfmInputError
+from hepfm.models import create_backbone
+from hepfm.objectives.ema import momentum_at
+from hepfm.objectives.jepa import JEPA, mean_pairwise_cosine
+from hepfm.objectives.registry import create_objective
 
 KIN = FEATURE_SETS.get("kin")
 
@@ -65,7 +65,8 @@ def make_jepa(backbone: str = "part-small", **options) -> JEPA:
 def test_builds_from_registry_and_trains_a_step(backbone: str) -> None:
     obj = make_jepa(backbone)
     out = obj(make_batch())
-    assert out.loss.ndim == 0 and torch.isfinite(out.loss)
+    assert out.loss.ndim == 0
+    assert torch.isfinite(out.loss)
     assert {"cos_sim", "pred_std", "target_std", "targets_per_jet", "unusable_jets"} <= set(out.logs)
     out.loss.backward()
     # every trainable parameter takes part (DistributedDataParallel needs no find_unused_parameters)
@@ -77,7 +78,8 @@ def test_both_subjet_embeddings_run(sel: str) -> None:
     obj = make_jepa(subjet_embedding=sel, subjet_dim=24, loss="smooth_l1")
     out = obj(make_batch())
     out.loss.backward()
-    assert torch.isfinite(out.loss) and out.logs["target_std"] > 0
+    assert torch.isfinite(out.loss)
+    assert out.logs["target_std"] > 0
 
 
 def test_no_gradient_reaches_the_ema_target() -> None:
@@ -117,12 +119,14 @@ def test_context_encoder_never_sees_target_particles(backbone: str) -> None:
     sub = obj.find_subjets(batch)
     targets = obj.sample_targets(sub.mask, torch.Generator().manual_seed(3))
     hidden = torch.gather(targets, 1, sub.index.clamp(min=0)) & (sub.index >= 0)  # (B, N)
-    assert hidden.any() and (hidden.sum(1) < batch.mask.sum(1)).all()
+    assert hidden.any()
+    assert (hidden.sum(1) < batch.mask.sum(1)).all()
     out1, reps1 = obj.encode_context(batch, sub, targets)
     h = hidden.unsqueeze(-1)
     changed = ParticleBatch(batch.x + 3.0 * h, batch.mask, batch.p4 * (1 + h))  # only target particles
     out2, reps2 = obj.encode_context(changed, sub, targets)
-    assert torch.allclose(out1.pooled, out2.pooled) and torch.allclose(reps1, reps2)
+    assert torch.allclose(out1.pooled, out2.pooled)
+    assert torch.allclose(reps1, reps2)
     assert int(out1.mask.sum()) == int((batch.mask & ~hidden).sum())  # only visible particles were encoded
     # the test is sensitive: the target encoder (which sees the full jet) does change
     assert not torch.allclose(obj.encode_targets(batch, sub), obj.encode_targets(changed, sub))
@@ -133,7 +137,9 @@ def test_targets_are_real_subjets_and_leave_context() -> None:
     sub = obj.find_subjets(make_batch(seed=1))
     targets = obj.sample_targets(sub.mask)
     n, k = sub.mask.sum(1), targets.sum(1)
-    assert not (targets & ~sub.mask).any() and (k >= 1).all() and (k <= n - 1).all()
+    assert not (targets & ~sub.mask).any()
+    assert (k >= 1).all()
+    assert (k <= n - 1).all()
     fixed = make_jepa(n_targets=2).sample_targets(sub.mask)
     assert (fixed.sum(1) == torch.minimum(torch.full_like(n, 2), n - 1)).all()
 
@@ -165,7 +171,8 @@ def test_collapse_diagnostic() -> None:
 def test_jets_with_one_subjet_are_dropped_and_counted() -> None:
     obj = make_jepa()
     out = obj(make_batch(single=3))
-    assert out.logs["unusable_jets"].item() == 3 and torch.isfinite(out.loss)
+    assert out.logs["unusable_jets"].item() == 3
+    assert torch.isfinite(out.loss)
 
 
 def test_batch_without_usable_jets_is_a_clear_input_error() -> None:
@@ -187,7 +194,10 @@ def test_validation_splits_are_reproducible() -> None:
 
 
 def test_options_and_export() -> None:
-    with pytest.raises(HepfmInputError, match="unknown option objective.options.n_target; did you mean objective.options.n_targets"):
+    with pytest.raises(
+        HepfmInputError,
+        match=r"unknown option objective\.options\.n_target; did you mean objective\.options\.n_targets",
+    ):
         make_jepa(n_target=2)
     with pytest.raises(HepfmInputError, match="subjet_embedding"):
         make_jepa(subjet_embedding="linear")
@@ -195,7 +205,8 @@ def test_options_and_export() -> None:
         make_jepa(predictor_dim=10, predictor_heads=4)
     obj = make_jepa()
     exported = obj.export_backbone()
-    assert exported is not obj.target.backbone and all(p.requires_grad for p in exported.parameters())
+    assert exported is not obj.target.backbone
+    assert all(p.requires_grad for p in exported.parameters())
     assert all(torch.equal(a, b) for a, b in zip(exported.state_dict().values(),
                                                    obj.target.backbone.state_dict().values(), strict=True))
     ctx = make_jepa(export="context")

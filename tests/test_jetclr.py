@@ -83,7 +83,7 @@ def test_nt_xent_limits():
     perfect = nt_xent(z, z, 0.05)  # identical views of well-separated jets: small loss
     random = nt_xent(z, torch.randn(8, 16), 0.05)
     assert perfect < random
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="two \\(B, D\\) tensors of one shape"):
         nt_xent(z, z[:4])
 
 
@@ -94,13 +94,15 @@ def test_loss_finite_logs_and_gradients_reach_backbone():
     torch.manual_seed(0)
     obj = small_jetclr()
     out = obj(make_batch())
-    assert out.loss.ndim == 0 and torch.isfinite(out.loss)
+    assert out.loss.ndim == 0
+    assert torch.isfinite(out.loss)
     assert out.loss.item() == pytest.approx(math.log(31), abs=0.6)  # ~ log(2B - 1) at init
     assert set(out.logs) == {"alignment", "uniformity", "pos_sim"}
     assert all(torch.isfinite(v) and v.ndim == 0 for v in out.logs.values())
     out.loss.backward()
     grads = [p.grad for p in obj.backbone.parameters() if p.requires_grad]
-    assert grads and all(g is not None for g in grads)
+    assert grads
+    assert all(g is not None for g in grads)
     assert sum(float(g.abs().sum()) for g in grads) > 0
     assert all(p.grad is not None for p in obj.projection.parameters())
 
@@ -111,7 +113,7 @@ def test_a_few_steps_reduce_the_loss():
     batch = make_batch(b=16, seed=1)
     opt = torch.optim.Adam(obj.parameters(), lr=3e-3)
     losses = []
-    for step in range(10):
+    for _step in range(10):
         torch.manual_seed(100)  # the same views every step: the loss must fall
         out = obj(batch)
         opt.zero_grad()
@@ -126,7 +128,9 @@ def test_views_recompute_features_and_eval_is_deterministic():
     batch = make_batch(b=8)
     torch.manual_seed(2)
     both = obj.views(batch)
-    assert both.x.shape[0] == 16 and both.x.shape[1] >= 20 and both.jet.shape == (16, 5)
+    assert both.x.shape[0] == 16
+    assert both.x.shape[1] >= 20
+    assert both.jet.shape == (16, 5)
     x_again = compute_features(obj.feature_set, both.p4, both.mask)
     torch.testing.assert_close(both.x, x_again)
     assert torch.equal(both.mask[:8], batch.mask)  # view 1: symmetries only, same particles
@@ -151,12 +155,16 @@ def test_registry_build_and_export():
     assert "jetclr" in objective_names()
     kin = FEATURE_SETS.get("kin")
     obj = create_objective("jetclr", lambda: create_backbone("transformer-small", 7), kin, {})
-    assert isinstance(obj, JetCLR) and obj.options.temperature == 0.1
+    assert isinstance(obj, JetCLR)
+    assert obj.options.temperature == 0.1
     bb = obj.export_backbone()
     assert bb is obj.backbone
     assert not any(name.startswith("projection") for name, _ in bb.named_parameters())
     assert len(obj.projection) == 4  # JetCLR's two head layers: ReLU, Linear, ReLU, Linear
-    with pytest.raises(HepfmInputError, match="unknown option objective.options.temprature; did you mean objective.options.temperature"):
+    with pytest.raises(
+        HepfmInputError,
+        match=r"unknown option objective\.options\.temprature; did you mean objective\.options\.temperature",
+    ):
         small_jetclr(temprature=0.2)
     with pytest.raises(HepfmInputError, match="features"):
         create_objective("jetclr", lambda: create_backbone("transformer-small", 6), kin, {})
@@ -170,8 +178,12 @@ def test_presets_are_consistent(preset):
     opts = JetCLROptions.from_dict(d["objective"].get("options", {}))
     backbone_config(d["model"]["backbone"], **d["model"].get("backbone_options", {}))
     cfg = TrainConfig.from_dict(d["train"])
-    assert cfg.clip_grad > 0 and opts.temperature > 0
+    assert cfg.clip_grad > 0
+    assert opts.temperature > 0
     if preset == "jetclr-paper":
-        assert cfg.clip_grad == 0.1 and cfg.optim.eps == 1e-4 and cfg.amp == "fp16"
+        assert cfg.clip_grad == 0.1
+        assert cfg.optim.eps == 1e-4
+        assert cfg.amp == "fp16"
         assert cfg.optim.name == "adam"
-        assert d["data"]["features"] == "jetclr" and opts.projection_dims == (1024, 1024)
+        assert d["data"]["features"] == "jetclr"
+        assert opts.projection_dims == (1024, 1024)

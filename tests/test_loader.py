@@ -57,12 +57,16 @@ def check_batch(batch: ParticleBatch, sources: list[ArraySource], fs_name: str =
     fs = FEATURE_SETS.get(fs_name)
     ids = ids_of(batch)
     b, n = batch.mask.shape
-    assert batch.x.shape == (b, n, fs.dim) and batch.p4.shape == (b, n, 4) and batch.jet.shape == (b, 5)
-    assert batch.mask.dtype == torch.bool and batch.x.dtype == torch.float32
+    assert batch.x.shape == (b, n, fs.dim)
+    assert batch.p4.shape == (b, n, 4)
+    assert batch.jet.shape == (b, 5)
+    assert batch.mask.dtype == torch.bool
+    assert batch.x.dtype == torch.float32
     counts = batch.mask.sum(1).numpy()
     assert n == counts.max()  # trimmed to the longest jet
     assert torch.all(batch.mask == (torch.arange(n)[None] < torch.as_tensor(counts)[:, None]))  # prefix
-    assert torch.all(batch.x[~batch.mask] == 0) and torch.all(batch.p4[~batch.mask] == 0)
+    assert torch.all(batch.x[~batch.mask] == 0)
+    assert torch.all(batch.p4[~batch.mask] == 0)
     sub = ref.take(ids)
     want = fs.compute(sub)[:, :n]
     np.testing.assert_array_equal(batch.x.numpy(), want)
@@ -77,9 +81,13 @@ def check_batch(batch: ParticleBatch, sources: list[ArraySource], fs_name: str =
 def test_jet_dataset_items_and_batches():
     srcs = three_sources()
     ds = JetDataset(srcs, "kin")
-    assert len(ds) == 1425 and ds.labelled and ds.class_names == ("QCD", "Top")
+    assert len(ds) == 1425
+    assert ds.labelled
+    assert ds.class_names == ("QCD", "Top")
     item = ds[1003]
-    assert isinstance(item, JetSample) and item.x.shape[1] == 7 and item.label == 1003 % 2
+    assert isinstance(item, JetSample)
+    assert item.x.shape[1] == 7
+    assert item.label == 1003 % 2
     assert item.x.shape[0] == srcs[1].chunk.mask[3].sum()
     batch = ds.__getitems__([5, 1371, 1000, 17])
     np.testing.assert_array_equal(ids_of(batch), [5, 1371, 1000, 17])
@@ -92,21 +100,25 @@ def test_jet_dataset_items_and_batches():
 
 def test_jet_dataset_limits_and_truncation():
     ds = JetDataset(three_sources(), "kin", max_particles=3, n_jets=1100)
-    assert len(ds) == 1100 and int(ds._data.counts.max()) == 3
+    assert len(ds) == 1100
+    assert int(ds._data.counts.max()) == 3
     assert ids_of(ds.__getitems__([1099]))[0] == 1099
 
 
 def test_collate_fixed_padding_and_merge():
     ds = JetDataset([make_source(20, 0)], "kin")
     a = collate([ds[i] for i in range(4)], trim=False, pad_to=8)
-    assert a.x.shape == (4, 8, 7) and torch.all(a.x[~a.mask] == 0)
+    assert a.x.shape == (4, 8, 7)
+    assert torch.all(a.x[~a.mask] == 0)
     b = ds.__getitems__([4, 5])
     merged = collate([ds.__getitems__([0, 1, 2, 3]), b])
-    assert merged.x.shape[0] == 6 and merged.x.shape[1] == merged.mask.sum(1).max()
+    assert merged.x.shape[0] == 6
+    assert merged.x.shape[1] == merged.mask.sum(1).max()
     np.testing.assert_array_equal(ids_of(merged), range(6))
     assert collate(b) is b
     unl = collate([JetSample(np.ones((2, 7)), np.ones((2, 4)), np.zeros(5), None)])
-    assert unl.label is None and unl.mask.tolist() == [[True, True]]
+    assert unl.label is None
+    assert unl.mask.tolist() == [[True, True]]
 
 
 def test_map_loader_epochs_and_ranks():
@@ -121,7 +133,8 @@ def test_map_loader_epochs_and_ranks():
         loader.set_epoch(1)
         assert not np.array_equal(np.concatenate([ids_of(b) for b in loader]), ids)
     allids = np.concatenate(seen)
-    assert set(allids) == set(range(1425)) and len(allids) == 1426  # one wrapped-around duplicate
+    assert set(allids) == set(range(1425))
+    assert len(allids) == 1426
     again = make_loader(ds, batch_size=64, shuffle=True, seed=3, rank=0, world_size=2)
     np.testing.assert_array_equal(np.concatenate([ids_of(b) for b in again]), seen[0])
 
@@ -130,16 +143,17 @@ def test_map_loader_resume():
     ds = JetDataset(three_sources(), "kin")
     full = [ids_of(b) for b in make_loader(ds, batch_size=100, seed=5, epoch=2)]
     loader = make_loader(ds, batch_size=100, seed=5, epoch=2)
-    for i, b in enumerate(loader):
+    for i, _b in enumerate(loader):
         if i == 3:
             break
     state = loader.state_dict()
-    assert state["batches"] == 4 and state["epoch"] == 2
+    assert state["batches"] == 4
+    assert state["epoch"] == 2
     fresh = make_loader(ds, batch_size=100, seed=5)
     fresh.load_state_dict(state)
     rest = [ids_of(b) for b in fresh]
     assert len(rest) == len(full) - 4
-    for x, y in zip(rest, full[4:]):
+    for x, y in zip(rest, full[4:], strict=True):
         np.testing.assert_array_equal(x, y)
 
 
@@ -161,7 +175,8 @@ def test_streaming_sharding_covers_every_jet_once():
     for rank in range(2):
         shards[rank] = stream_ids(rank, 2, workers=2)
     allids = np.concatenate([np.concatenate(v) for v in shards.values()])
-    assert len(allids) == 1425 and set(allids.tolist()) == set(range(1425))
+    assert len(allids) == 1425
+    assert set(allids.tolist()) == set(range(1425))
     # jets from different sources end up mixed within batches
     src_of = np.searchsorted([1000, 1370], np.concatenate(shards[0]), side="right")
     assert len(set(src_of[:200].tolist())) > 1
@@ -185,14 +200,16 @@ def test_streaming_batches_content_and_no_shuffle_order():
     for b in batches[::7]:
         check_batch(b, srcs)
     dl = StreamingJetDataset(srcs, "kin", batch_size=50, shuffle=False, drop_last=True)
-    assert all(len(b) == 50 for b in dl) and len(list(dl)) == 1425 // 50
+    assert all(len(b) == 50 for b in dl)
+    assert len(list(dl)) == 1425 // 50
 
 
 def test_streaming_unlabeled_and_fixed_padding():
     src = make_source(100, 0, labelled=False)
     batches = list(StreamingJetDataset([src], "kin", batch_size=40, max_particles=6, trim=False, seed=1))
     assert all(b.label is None for b in batches)
-    assert all(b.x.shape[1] == 6 for b in batches) and sum(len(b) for b in batches) == 100
+    assert all(b.x.shape[1] == 6 for b in batches)
+    assert sum(len(b) for b in batches) == 100
 
 
 def take(it, k):
@@ -219,7 +236,7 @@ def test_streaming_exact_resume_in_process(k):
     fresh.load_state_dict(state)
     rest = [ids_of(b) for b in fresh]
     assert len(head) + len(rest) == len(full)
-    for x, y in zip(head + rest, full):
+    for x, y in zip(head + rest, full, strict=True):
         np.testing.assert_array_equal(x, y)
 
 
@@ -237,7 +254,7 @@ def test_streaming_exact_resume_with_workers():
         second.load_state_dict(state)
         rest = [ids_of(b) for b in second]
         assert len(head) + len(rest) == len(full)
-        for x, y in zip(head + rest, full):
+        for x, y in zip(head + rest, full, strict=True):
             np.testing.assert_array_equal(x, y)
 
 
@@ -316,7 +333,9 @@ def test_missing_fields_name_the_file(streaming):
     src = make_source(10, 0, path="top_test.h5")
     with pytest.raises(HepfmInputError) as err:
         make_loader([src], "full", streaming=streaming)
-    assert "top_test.h5" in str(err.value) and "'full'" in str(err.value) and "charge" in str(err.value)
+    assert "top_test.h5" in str(err.value)
+    assert "'full'" in str(err.value)
+    assert "charge" in str(err.value)
 
 
 def test_kinpid_with_fields_and_mixed_class_names():
@@ -324,7 +343,8 @@ def test_kinpid_with_fields_and_mixed_class_names():
                                 "isMuon")}
     src = make_source(30, 0, **fields)
     batch = next(iter(make_loader([src], "kinpid", batch_size=30, shuffle=False)))
-    assert batch.x.shape[2] == 13 and torch.all(batch.x[..., 5][batch.mask] == 1)
+    assert batch.x.shape[2] == 13
+    assert torch.all(batch.x[..., 5][batch.mask] == 1)
     other = make_source(5, 30)
     other.class_names = ("a", "b")
     with pytest.raises(HepfmInputError, match="class names"):
@@ -334,7 +354,7 @@ def test_kinpid_with_fields_and_mixed_class_names():
 class RecordingSource(ArraySource):
     """Records the fields every read asks for."""
 
-    def read(self, start, stop, fields=None, jet_fields=None):  # noqa: ANN001, ANN201
+    def read(self, start, stop, fields=None, jet_fields=None):
         self.calls.append((None if fields is None else tuple(fields), jet_fields))
         return super().read(start, stop, fields, jet_fields)
 
@@ -370,9 +390,10 @@ def test_loaders_read_only_the_fields_the_feature_set_needs(streaming):
         got = list(make_loader([rec], name, **kw))
         old = list(make_loader([legacy], name, **kw))
         need = FEATURE_SETS.get(name).requires
-        assert rec.calls and set(rec.calls) == {(need, ())}
+        assert rec.calls
+        assert set(rec.calls) == {(need, ())}
         assert len(got) == len(want) == len(old)
-        for a, b, c in zip(got, want, old):
+        for a, b, c in zip(got, want, old, strict=True):
             np.testing.assert_array_equal(a.x.numpy(), b.x.numpy())
             np.testing.assert_array_equal(c.x.numpy(), b.x.numpy())
             np.testing.assert_array_equal(a.label.numpy(), b.label.numpy())

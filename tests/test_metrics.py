@@ -17,9 +17,13 @@ def test_perfect_and_inverted_separation():
     labels = np.array([0, 0, 0, 1, 1, 1])
     p = np.array([0.1, 0.2, 0.3, 0.7, 0.8, 0.9])
     m = classification_metrics(logit_pair(p), labels)
-    assert m["accuracy"] == 1.0 and m["auc"] == 1.0 and m["rej50"] == float("inf") and m["n_jets"] == 6
+    assert m["accuracy"] == 1.0
+    assert m["auc"] == 1.0
+    assert m["rej50"] == float("inf")
+    assert m["n_jets"] == 6
     m = classification_metrics(logit_pair(1 - p), labels)
-    assert m["accuracy"] == 0.0 and m["auc"] == 0.0
+    assert m["accuracy"] == 0.0
+    assert m["auc"] == 0.0
 
 
 def test_auc_hand_computed():

@@ -60,7 +60,8 @@ def test_mask_is_random_and_seeded() -> None:
     torch.manual_seed(1)
     b = sample_mask(mask, 0.5)
     c = sample_mask(mask, 0.5)
-    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
     assert not torch.equal(a[0], a[1])  # jets are masked independently
 
 
@@ -123,7 +124,8 @@ def test_leak_test_is_sensitive() -> None:
     a, b = (obj.corrupt(v, sel, rank) for v in (batch, tampered))
     leaky = ParticleBatch(x=b.x, mask=b.mask, p4=tampered.p4)  # true p4 of the masked particles
     assert not torch.allclose(obj.backbone(a).pooled, obj.backbone(leaky).pooled)
-    assert torch.equal(b.p4[sel], torch.zeros_like(b.p4[sel])) and b.jet is None
+    assert torch.equal(b.p4[sel], torch.zeros_like(b.p4[sel]))
+    assert b.jet is None
 
 
 def test_ordering_none_is_a_set_prediction_and_head_is_not() -> None:
@@ -175,7 +177,8 @@ def test_prepare_uses_real_particles_and_is_saved() -> None:
     obj.prepare([ParticleBatch(x=junk, mask=batch.mask, p4=batch.p4)], force=True)
     assert obj.codebook.centres.abs().max() < 100.0
     state = obj.state_dict()
-    assert "codebook.centres" in state and bool(state["codebook.fitted"])
+    assert "codebook.centres" in state
+    assert bool(state["codebook.fitted"])
     kin = FEATURE_SETS.get("kin")
     fresh = create_objective("mpm", lambda: create_backbone("part-small", 7), kin, SMALL_HEAD)
     assert not bool(fresh.codebook.fitted)
@@ -193,7 +196,8 @@ def test_unfitted_codebook_is_a_clear_error_and_regression_needs_none() -> None:
         obj(_jets())
     reg = create_objective("mpm", lambda: create_backbone("pfn-small", 7), kin,
                            SMALL_HEAD | {"target": "regression"})
-    assert reg.codebook is None and reg.prepare([_jets()]) is None
+    assert reg.codebook is None
+    assert reg.prepare([_jets()]) is None
     assert math.isfinite(float(reg(_jets()).loss.detach()))
 
 
@@ -205,11 +209,13 @@ def test_loss_finite_and_gradients_reach_backbone(ordering: str, target: str) ->
     obj = _mpm(ordering=ordering, target=target)
     torch.manual_seed(0)
     out = obj(_jets(4))
-    assert out.loss.ndim == 0 and torch.isfinite(out.loss)
+    assert out.loss.ndim == 0
+    assert torch.isfinite(out.loss)
     out.loss.backward()
     grads = [p.grad for p in obj.backbone.parameters() if p.requires_grad]
     assert sum(g.abs().sum() for g in grads if g is not None) > 0
-    assert obj.mask_token.grad is not None and obj.mask_token.grad.abs().sum() > 0
+    assert obj.mask_token.grad is not None
+    assert obj.mask_token.grad.abs().sum() > 0
     if target == "tokens":
         assert {"token_accuracy", "token_top5", "masked_fraction"} <= set(out.logs)
         assert not any(t.requires_grad for t in obj.codebook.buffers())
@@ -263,13 +269,15 @@ def test_fit_codebook_subsamples_deterministically() -> None:
                                SMALL_HEAD | {"codebook_particles": 100})
         obj.fit_codebook(x)
         books.append(obj.codebook.centres)
-    assert torch.equal(books[0], books[1]) and bool(obj.codebook.fitted)
+    assert torch.equal(books[0], books[1])
+    assert bool(obj.codebook.fitted)
 
 
 def test_rank_tables_are_sized_by_the_data_particle_cap():
     kin = FEATURE_SETS.get("kin")
     head = {k: v for k, v in SMALL_HEAD.items() if k != "max_rank"}
     obj = create_objective("mpm", lambda: create_backbone("pfn-small", 7), kin, head, max_particles=24)
-    assert obj.config.max_rank == 24 and obj.head.rank_embed.num_embeddings == 24
+    assert obj.config.max_rank == 24
+    assert obj.head.rank_embed.num_embeddings == 24
     with pytest.raises(HepfmInputError, match="max_rank"):
         create_objective("mpm", lambda: create_backbone("pfn-small", 7), kin, head)

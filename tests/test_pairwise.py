@@ -29,7 +29,7 @@ def naive_pair(a, b) -> list[float]:
     dphi = (phii - phij + math.pi) % (2 * math.pi) - math.pi
     delta = math.sqrt((yi - yj) ** 2 + dphi**2)
     ptmin = min(pti, ptj)
-    s = [x + y for x, y in zip(a, b)]
+    s = [x + y for x, y in zip(a, b, strict=True)]
     m2 = s[3] ** 2 - s[0] ** 2 - s[1] ** 2 - s[2] ** 2
     return [
         math.log(max(ptmin * delta, EPS)),
@@ -100,13 +100,15 @@ def test_padding_invariance_and_no_nan_on_zero_vectors():
     mask[:, :3] = True
     long = pairwise_features(padded_p4, mask)
     torch.testing.assert_close(long[:, :, :3, :3], short)
-    assert torch.all(long[:, :, 3:] == 0) and torch.all(long[:, :, :, 3:] == 0)
+    assert torch.all(long[:, :, 3:] == 0)
+    assert torch.all(long[:, :, :, 3:] == 0)
     assert torch.isfinite(pairwise_features(padded_p4)).all()  # no mask: zero vectors stay finite
 
 
 def test_half_precision_and_shape_check():
     p4 = torch.tensor([[p4_of(10, 0.1, 0.2), p4_of(5, -0.1, 0.3)]])
     out = pairwise_features(p4.to(torch.bfloat16))
-    assert out.dtype == torch.bfloat16 and out.shape == (1, 4, 2, 2)
-    with pytest.raises(ValueError):
+    assert out.dtype == torch.bfloat16
+    assert out.shape == (1, 4, 2, 2)
+    with pytest.raises(ValueError, match=r"p4 must be \(B, N, 4\)"):
         pairwise_features(torch.zeros(2, 4, 3))

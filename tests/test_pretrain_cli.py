@@ -15,10 +15,10 @@ from hepfm.objectives.registry import objective_names
 pytestmark = pytest.mark.gen
 
 OBJECTIVES = objective_names()  # every registered objective, so a new one is tested without edits here
-PRE = ["--steps", "12", "--batch-size", "32", "--max-particles", "32", "--backbone", "part-small", "--no-progress",
-       "-o", "train.log_every=4", "-o", "train.ckpt_every=6"]
-FT = ["--steps", "30", "--batch-size", "32", "--no-progress", "-o", "train.eval_every=10", "-o", "train.ckpt_every=10",
-      "-o", "train.log_every=5"]
+PRE = ["--steps", "12", "--batch-size", "32", "--max-particles", "32", "--backbone", "part-small",
+       "--no-progress", "-o", "train.log_every=4", "-o", "train.ckpt_every=6"]
+FT = ["--steps", "30", "--batch-size", "32", "--no-progress", "-o", "train.eval_every=10",
+      "-o", "train.ckpt_every=10", "-o", "train.log_every=5"]
 
 
 @pytest.fixture(scope="module")
@@ -37,10 +37,12 @@ def pretrained(toptag_files, tmp_path_factory):
 def test_every_objective_exports_a_backbone(pretrained, objective):
     run = pretrained[objective]
     spec = json.loads((run / "backbone.json").read_text())
-    assert spec["backbone"]["name"] == "part-small" and spec["pretrained_with"] == objective
+    assert spec["backbone"]["name"] == "part-small"
+    assert spec["pretrained_with"] == objective
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     losses = [r["train_loss"] for r in rows if "train_loss" in r]
-    assert len(losses) == 3 and all(np.isfinite(losses))
+    assert len(losses) == 3
+    assert all(np.isfinite(losses))
     assert any("val_loss" in r for r in rows)
 
 
@@ -50,9 +52,10 @@ def test_finetune_modes_and_evaluate(pretrained, toptag_files, tmp_path, mode, c
 
     run = tmp_path / mode
     f = toptag_files
-    assert main(["finetune", "--pretrained", str(pretrained["jetclr"]), "--data", str(f["train"]), "--val", str(f["val"]),
-                 "--n-labels", "100", "--mode", mode, "--head", "linear", "--out", str(run), *FT,
-                 "--steps", "80", "--lr", "5e-3", "-o", "train.schedule.warmup_steps=5"]) == 0
+    assert main(["finetune", "--pretrained", str(pretrained["jetclr"]), "--data", str(f["train"]),
+                 "--val", str(f["val"]), "--n-labels", "100", "--mode", mode, "--head", "linear",
+                 "--out", str(run), *FT, "--steps", "80", "--lr", "5e-3",
+                 "-o", "train.schedule.warmup_steps=5"]) == 0
     summary = json.loads((run / "train_summary.json").read_text())
     assert summary["per_class"] == {"QCD": 50, "Top": 50}
     pre = load_file(str(pretrained["jetclr"] / "backbone.safetensors"))
@@ -62,7 +65,8 @@ def test_finetune_modes_and_evaluate(pretrained, toptag_files, tmp_path, mode, c
     capsys.readouterr()
     assert main(["evaluate", str(run), "--data", str(f["test"]), "--json", "--no-plots"]) == 0
     m = json.loads(capsys.readouterr().out)
-    assert m["n_jets"] == 400 and 0.0 <= m["auc"] <= 1.0
+    assert m["n_jets"] == 400
+    assert 0.0 <= m["auc"] <= 1.0
     if mode == "scratch":  # top vs QCD is separable: 80 steps on 100 labels learn it well above chance.
         # (The fixture's 12-step pretraining carries no usable features, so the frozen and finetune
         # modes are checked above for what they do to the weights, not for their scores.)
@@ -70,12 +74,14 @@ def test_finetune_modes_and_evaluate(pretrained, toptag_files, tmp_path, mode, c
 
 
 def test_embed_diagnostics(pretrained, toptag_files, capsys):
-    assert main(["embed", str(pretrained["supervised"]), "--data", str(toptag_files["test"]), "--n-jets", "200",
-                 "--json"]) == 0
+    assert main(["embed", str(pretrained["supervised"]), "--data", str(toptag_files["test"]),
+                 "--n-jets", "200", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
-    for key in ("mean_pairwise_cosine", "effective_rank", "std_mean", "knn_accuracy", "linear_probe_accuracy"):
+    for key in ("mean_pairwise_cosine", "effective_rank", "std_mean", "knn_accuracy",
+                "linear_probe_accuracy"):
         assert key in r
-    assert r["n_jets"] == 200 and 1.0 <= r["effective_rank"] <= r["dim"]
+    assert r["n_jets"] == 200
+    assert 1.0 <= r["effective_rank"] <= r["dim"]
     # the supervised backbone separates top from QCD: probes far above chance
     assert r["linear_probe_accuracy"] > 0.7
     assert (pretrained["supervised"] / "embed" / "test" / "embedding.png").exists()
@@ -84,33 +90,41 @@ def test_embed_diagnostics(pretrained, toptag_files, capsys):
 def _one_line(capsys, code):
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "Traceback" not in err[0], err
+    assert len(err) == 1, err
+    assert "Traceback" not in err[0], err
     return err[0]
 
 
 def test_finetune_bad_input(pretrained, toptag_files, tmp_path, capsys):
     f = toptag_files
     base = ["finetune", "--pretrained", str(pretrained["jetclr"]), "--val", str(f["val"]), *FT]
-    msg = _one_line(capsys, main(base + ["--data", str(f["train"]), "--n-labels", "999999", "--out", str(tmp_path / "a")]))
-    assert "--n-labels 999999" in msg and "1600" in msg
-    msg = _one_line(capsys, main(["finetune", "--pretrained", str(tmp_path / "nope"), "--data", str(f["train"]),
-                                  "--val", str(f["val"]), "--out", str(tmp_path / "b")]))
-    assert "no such run directory" in msg and "nope" in msg
+    msg = _one_line(
+        capsys, main([*base, "--data", str(f["train"]), "--n-labels", "999999", "--out", str(tmp_path / "a")])
+    )
+    assert "--n-labels 999999" in msg
+    assert "1600" in msg
+    msg = _one_line(capsys, main(["finetune", "--pretrained", str(tmp_path / "nope"),
+                                  "--data", str(f["train"]), "--val", str(f["val"]),
+                                  "--out", str(tmp_path / "b")]))
+    assert "no such run directory" in msg
+    assert "nope" in msg
 
 
 def test_pretrained_features_must_fit_the_data(toptag_files, tmp_path, capsys):
-    """A backbone pretrained on kinpid (PID flags) cannot be finetuned on Top Tagging files (four-momenta only)."""
+    """A backbone pretrained on kinpid (PID flags) cannot be finetuned on Top Tagging files (four-momenta
+    only)."""
     from hepfm.generation.job import GenerationJob, run_job
 
     jc = GenerationJob("jetclass", 40, tmp_path / "jc.h5", seed=3, shard_size=4, labeled=False)
     run_job(jc, workers=2, progress=False)
     pre = tmp_path / "pre"
-    assert main(["pretrain", "--objective", "jetclr", "--data", str(jc.out), "--out", str(pre), "--features", "kinpid",
-                 "--steps", "2", "--batch-size", "8", "--max-particles", "32", "--backbone", "part-small",
-                 "--no-progress"]) == 0
+    assert main(["pretrain", "--objective", "jetclr", "--data", str(jc.out), "--out", str(pre),
+                 "--features", "kinpid", "--steps", "2", "--batch-size", "8", "--max-particles", "32",
+                 "--backbone", "part-small", "--no-progress"]) == 0
     msg = _one_line(capsys, main(["finetune", "--pretrained", str(pre), "--data", str(toptag_files["test"]),
                                   "--val", str(toptag_files["val"]), "--out", str(tmp_path / "ft"), *FT]))
-    assert "kinpid" in msg and "test.h5" in msg
+    assert "kinpid" in msg
+    assert "test.h5" in msg
 
 
 def test_jepa_on_jets_without_subjets(tmp_path, capsys):
@@ -127,8 +141,9 @@ def test_jepa_on_jets_without_subjets(tmp_path, capsys):
     chunk.p4[:, 1:] = 0
     path = tmp_path / "single.h5"
     write_jets(path, [chunk], "hepfm", {})
-    msg = _one_line(capsys, main(["pretrain", "--objective", "jepa", "--data", str(path), "--out", str(tmp_path / "j"),
-                                  "--steps", "2", "--batch-size", "16", "--backbone", "part-small", "--no-progress"]))
+    msg = _one_line(capsys, main(["pretrain", "--objective", "jepa", "--data", str(path),
+                                  "--out", str(tmp_path / "j"), "--steps", "2", "--batch-size", "16",
+                                  "--backbone", "part-small", "--no-progress"]))
     assert "subjet" in msg
 
 
@@ -138,27 +153,36 @@ def test_fewshot_study_table_and_resume(pretrained, toptag_files, tmp_path, caps
     out = tmp_path / "study"
     shutil.copytree(pretrained["jetclr"], out / "pretrain" / "jetclr")  # reuse: the study skips pretraining
     f = toptag_files
-    args = ["study", "fewshot", "--pretrain-data", str(f["train"]), "--train", str(f["train"]), "--val", str(f["val"]),
-            "--test", str(f["test"]), "--out", str(out), "--objectives", "jetclr", "--modes", "finetune,scratch",
-            "--n-labels", "40", "--seeds", "1,2", "--finetune-set", "train.max_steps=8",
-            "--finetune-set", "train.eval_every=4", "--finetune-set", "data.batch_size=16"]
+    args = ["study", "fewshot", "--pretrain-data", str(f["train"]), "--train", str(f["train"]),
+            "--val", str(f["val"]), "--test", str(f["test"]), "--out", str(out),
+            "--objectives", "jetclr", "--modes", "finetune,scratch", "--n-labels", "40", "--seeds", "1,2",
+            "--finetune-set", "train.max_steps=8", "--finetune-set", "train.eval_every=4",
+            "--finetune-set", "data.batch_size=16"]
     assert main(args) == 0
     result = json.loads((out / "results.json").read_text())
     table = {(t["objective"], t["mode"]): t for t in result["table"]}
     scratch = [k for k in table if k[1] == "scratch"]
-    assert ("jetclr", "finetune") in table and len(table) == 2 and len(scratch) == 1
+    assert ("jetclr", "finetune") in table
+    assert len(table) == 2
+    assert len(scratch) == 1
     # the scratch baseline names the architecture it re-initialises
-    assert scratch[0][0].startswith("(") and table[("jetclr", "finetune")] is not table[scratch[0]]
+    assert scratch[0][0].startswith("(")
+    assert table[("jetclr", "finetune")] is not table[scratch[0]]
     spec = json.loads((out / "pretrain" / "jetclr" / "backbone.json").read_text())
-    assert spec["backbone"]["name"] in scratch[0][0] and spec["features"]["name"] in scratch[0][0]
+    assert spec["backbone"]["name"] in scratch[0][0]
+    assert spec["features"]["name"] in scratch[0][0]
     ft = table[("jetclr", "finetune")]
     assert ft["auc_minus_scratch"] == pytest.approx(ft["auc"] - table[scratch[0]]["auc"])
     assert table[scratch[0]]["auc_minus_scratch"] is None
     cost = result["pretraining"]["jetclr"]
-    assert cost["steps"] > 0 and cost["seconds"] > 0 and "pretraining jetclr:" in (out / "results.md").read_text()
+    assert cost["steps"] > 0
+    assert cost["seconds"] > 0
+    assert "pretraining jetclr:" in (out / "results.md").read_text()
     assert all(t["n_seeds"] == 2 and t["n_labels"] == 40 for t in table.values())
     assert "| 40 | jetclr | finetune | 2 |" in (out / "results.md").read_text()
-    stamp = (out / "finetune" / "jetclr" / "finetune" / "n40" / "seed1" / "best.safetensors").stat().st_mtime_ns
+    stamp = (
+        (out / "finetune" / "jetclr" / "finetune" / "n40" / "seed1" / "best.safetensors").stat().st_mtime_ns
+    )
     assert main(args) == 0  # finished runs are reused, not retrained
     cell = out / "finetune" / "jetclr" / "finetune" / "n40" / "seed1"
     assert (cell / "best.safetensors").stat().st_mtime_ns == stamp
@@ -207,7 +231,9 @@ def test_demo_main_job_end_to_end(toptag_files, tmp_path, capsys):
             "--n-labels", "60", "--no-progress"]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "| 60 | jetclr | finetune | 1 |" in out and "scratch" in out and "pretraining jetclr:" in out
+    assert "| 60 | jetclr | finetune | 1 |" in out
+    assert "scratch" in out
+    assert "pretraining jetclr:" in out
     result = json.loads((tmp_path / "demo" / "study" / "results.json").read_text())
     assert {t["mode"] for t in result["table"]} == {"finetune", "scratch"}
     assert all(0.0 <= t["auc"] <= 1.0 for t in result["table"])

@@ -204,7 +204,8 @@ def is_prefix(mask) -> bool:
 
 def assert_physical(p4: torch.Tensor, mask: torch.Tensor, rel: float) -> None:
     """Finite, zero on padding, E >= |p| (up to ``rel`` E of rounding) on real particles."""
-    assert torch.isfinite(p4).all() and torch.all(p4[~mask] == 0)
+    assert torch.isfinite(p4).all()
+    assert torch.all(p4[~mask] == 0)
     q = p4.double()[mask]
     assert torch.all(q[:, 3] - q[:, :3].norm(dim=-1) >= -rel * q[:, 3])
 
@@ -220,8 +221,10 @@ def test_strategy_draws_jets_the_validator_accepts(chunk):
     from hepfm.data.validate import check_chunk
 
     out, counts = check_chunk(chunk, None, skip_bad=True)
-    assert counts == {} and len(out) == len(chunk)
-    assert is_prefix(chunk.mask) and chunk.mask[:, 0].all()
+    assert counts == {}
+    assert len(out) == len(chunk)
+    assert is_prefix(chunk.mask)
+    assert chunk.mask[:, 0].all()
     key = np.where(chunk.mask, pt2_f32(chunk.p4), -np.inf)
     assert np.all(key[:, :-1] >= key[:, 1:])
 
@@ -239,7 +242,8 @@ def test_features_finite_zero_on_padding_and_independent_of_padding_length(chunk
     for name in SETS:
         fs = FEATURE_SETS.get(name)
         x = fs.compute(chunk)
-        assert x.shape == (len(chunk), chunk.max_particles, fs.dim) and x.dtype == np.float32
+        assert x.shape == (len(chunk), chunk.max_particles, fs.dim)
+        assert x.dtype == np.float32
         assert np.isfinite(x).all(), name
         assert np.all(x[~mask] == 0), name
         for k, f in enumerate(fs.features):
@@ -313,7 +317,8 @@ def test_torch_features_match_numpy_features(chunk, seed, extra):
         ref = torch.from_numpy(fs.compute(pad_chunk(chunk, extra)))
         ref = torch.gather(ref, 1, perm.unsqueeze(-1).expand(-1, -1, fs.dim))
         x = compute_features(fs, p4s, masks, source_x=ref).numpy()
-        assert np.isfinite(x).all() and np.all(x[~masks.numpy()] == 0)
+        assert np.isfinite(x).all()
+        assert np.all(x[~masks.numpy()] == 0)
         for k, f in enumerate(fs.features):
             a, b = x[..., k].astype(np.float64), ref[..., k].numpy().astype(np.float64)
             if f.name == "part_phi":  # raw azimuth: compared modulo 2π (the wrap to [-π, π) is a seam)
@@ -342,13 +347,15 @@ def test_torch_features_match_numpy_features(chunk, seed, extra):
 def test_pair_features_finite_symmetric_zero_on_padding_and_rotation_invariant(chunk, dtype, alpha):
     p4, mask = tensors(chunk, dtype)
     out = pairwise_features(p4, mask)
-    assert out.shape == (len(chunk), 4, chunk.max_particles, chunk.max_particles) and out.dtype == dtype
+    assert out.shape == (len(chunk), 4, chunk.max_particles, chunk.max_particles)
+    assert out.dtype == dtype
     assert torch.isfinite(out).all()
     pair = mask[:, :, None] & mask[:, None, :]
     assert torch.all(out.masked_select(~pair[:, None]) == 0)
     ln_kt, ln_z, ln_delta, ln_m2 = out.double().unbind(1)
     # z and m² are symmetric functions computed symmetrically: bit-exact
-    assert torch.equal(ln_z, ln_z.transpose(1, 2)) and torch.equal(ln_m2, ln_m2.transpose(1, 2))
+    assert torch.equal(ln_z, ln_z.transpose(1, 2))
+    assert torch.equal(ln_m2, ln_m2.transpose(1, 2))
     # Δφ_ij and Δφ_ji are wrapped separately: equal up to the rounding of φ itself (~ulp(π))
     tol = 1e-6 if dtype == torch.float32 else 1e-12
     d, kt = ln_delta.exp(), ln_kt.exp()
@@ -407,7 +414,8 @@ def test_rotation_keeps_the_jet_and_each_particle_relative_to_the_axis(chunk, se
     momentum component along the axis are kept; the particles and the padding stay where they were."""
     p4, mask = tensors(chunk)
     out = rotate(p4, mask, generator=torch.Generator().manual_seed(seed))
-    assert out.parent is None and torch.equal(out.mask, mask)
+    assert out.parent is None
+    assert torch.equal(out.mask, mask)
     assert_physical(out.p4, mask, 1e-12)
     scale = scale_of(chunk.p4)
     torch.testing.assert_close(jet_sum(out.p4, mask), jet_sum(p4, mask), rtol=1e-12, atol=1e-11 * scale)
@@ -428,7 +436,8 @@ def test_translation_is_a_bounded_boost_and_azimuthal_rotation(chunk, seed, widt
     so a jet across the seam is not shifted by ~2π)."""
     p4, mask = tensors(chunk)
     out = translate(p4, mask, width=width, generator=torch.Generator().manual_seed(seed))
-    assert out.parent is None and torch.equal(out.mask, mask)
+    assert out.parent is None
+    assert torch.equal(out.mask, mask)
     assert_physical(out.p4, mask, 1e-12)
     scale = float(out.p4.abs().max())
     torch.testing.assert_close(mass2(jet_sum(out.p4, mask)), mass2(jet_sum(p4, mask)), rtol=1e-9,
@@ -456,7 +465,8 @@ def test_translation_is_a_bounded_boost_and_azimuthal_rotation(chunk, seed, widt
 def test_smearing_keeps_pt_and_mass_and_stays_physical(chunk, seed, strength, pt_min, dtype):
     p4, mask = tensors(chunk, dtype)
     out = smear(p4, mask, strength=strength, pt_min=pt_min, generator=torch.Generator().manual_seed(seed))
-    assert out.parent is None and torch.equal(out.mask, mask)
+    assert out.parent is None
+    assert torch.equal(out.mask, mask)
     rel = 1e-5 if dtype == torch.float32 else 1e-12
     assert_physical(out.p4, mask, rel)
     torch.testing.assert_close(pt_of(out.p4.double()), pt_of(p4.double()), rtol=rel, atol=0.0)
@@ -478,12 +488,15 @@ def test_collinear_split_conserves_each_parent_and_fills_free_slots(chunk, seed,
         p4, mask, _ = scatter_slots(p4, mask, g)
     out = collinear_split(p4, mask, fraction=fraction, extra_slots=extra, prob=prob, generator=g)
     b, n = mask.shape
-    assert out.p4.shape == (b, n + extra, 4) and out.mask.shape == (b, n + extra)
+    assert out.p4.shape == (b, n + extra, 4)
+    assert out.mask.shape == (b, n + extra)
     assert_physical(out.p4, out.mask, 1e-6)
     mask_in = torch.nn.functional.pad(mask, (0, extra))
     assert torch.all(out.mask[mask_in])  # real particles stay real: children only go to free slots
     parent = out.parent
-    assert parent.shape == out.mask.shape and parent.min() >= 0 and parent.max() < n
+    assert parent.shape == out.mask.shape
+    assert parent.min() >= 0
+    assert parent.max() < n
     assert torch.all(torch.gather(mask, 1, parent)[out.mask])  # every particle comes from a real one
     assert torch.all(parent[mask_in] == torch.arange(n + extra).expand(b, -1)[mask_in])  # parents stay put
     child = out.mask & ~mask_in
@@ -513,19 +526,22 @@ def test_drop_soft_keeps_hard_particles_and_repacks_in_order(chunk, seed, thresh
     p4, mask = tensors(chunk)
     out = drop_soft(p4, mask, pt_threshold=threshold, drop_prob=drop_prob,
                     generator=torch.Generator().manual_seed(seed))
-    assert is_prefix(out.mask) and torch.all(out.mask.sum(1) >= 1)
+    assert is_prefix(out.mask)
+    assert torch.all(out.mask.sum(1) >= 1)
     assert_physical(out.p4, out.mask, 0.0)
     pt = pt_of(p4)  # the function's own pT formula (ties matter)
     hard = mask & ((pt >= threshold) | (pt == pt.amax(1, keepdim=True)))
     kept = torch.zeros_like(mask).scatter(1, out.parent, out.mask)  # input slots that survived
-    assert torch.all(kept[hard]) and torch.all(mask[kept])  # hard particles and the hardest always stay
+    assert torch.all(kept[hard])
+    assert torch.all(mask[kept])
     if drop_prob == 0.0:
         assert torch.equal(kept, mask)
     if drop_prob == 1.0:
         assert torch.equal(kept, hard)
     for i in range(len(chunk)):  # survivors keep their order and their four-momenta exactly
         src = out.parent[i][out.mask[i]]
-        assert torch.all(src[1:] > src[:-1]) and torch.equal(out.p4[i][out.mask[i]], p4[i, src])
+        assert torch.all(src[1:] > src[:-1])
+        assert torch.equal(out.p4[i][out.mask[i]], p4[i, src])
 
 
 PIPELINES = {
@@ -544,7 +560,9 @@ def test_augmentation_pipeline_layout_and_features(chunk, seed, which):
     loader features of the same jets, with non-kinematic columns carried from each particle's parent."""
     p4, mask = tensors(chunk, torch.float32)
     out = Augmentation.from_config(PIPELINES[which])(p4, mask, torch.Generator().manual_seed(seed))
-    assert out.p4.dtype == torch.float32 and is_prefix(out.mask) and torch.all(out.mask.sum(1) >= 1)
+    assert out.p4.dtype == torch.float32
+    assert is_prefix(out.mask)
+    assert torch.all(out.mask.sum(1) >= 1)
     assert_physical(out.p4, out.mask, 1e-5)
     pt = pt_of(out.p4)
     assert torch.all((pt[:, :-1] >= pt[:, 1:]) | ~out.mask[:, 1:])
@@ -561,7 +579,8 @@ def test_augmentation_pipeline_layout_and_features(chunk, seed, which):
         fs = FEATURE_SETS.get(name)
         src = torch.from_numpy(fs.compute(chunk))
         x = compute_features(fs, out.p4, out.mask, source_x=src, parent=out.parent).numpy()
-        assert np.isfinite(x).all() and np.all(x[~view.mask] == 0)
+        assert np.isfinite(x).all()
+        assert np.all(x[~view.mask] == 0)
         kin = kinematic_columns(fs)
         ref = FEATURE_SETS.get("kin" if name == "kinpid" else name).compute(view)
         for c, k in enumerate(kin):
@@ -593,11 +612,14 @@ def test_subjets_partition_the_jet(chunk, seed, scatter, keep, algorithm, radius
         p4, mask, _ = scatter_slots(p4, mask, g)
     s = find_subjets(p4, mask, radius=radius, algorithm=algorithm)
     n_sub = s.max_subjets
-    assert torch.equal(s.index >= 0, mask) and s.index.max() < n_sub
-    assert torch.equal(s.count, s.mask.sum(1)) and torch.all((s.count >= 1) & (s.count <= mask.sum(1)))
+    assert torch.equal(s.index >= 0, mask)
+    assert s.index.max() < n_sub
+    assert torch.equal(s.count, s.mask.sum(1))
+    assert torch.all((s.count >= 1) & (s.count <= mask.sum(1)))
     assert is_prefix(s.mask)
     one_hot = torch.nn.functional.one_hot(s.index.clamp(min=0), n_sub).double() * mask.unsqueeze(-1)
-    assert torch.all(one_hot.sum(1)[s.mask] >= 1) and torch.all(one_hot.sum(1)[~s.mask] == 0)
+    assert torch.all(one_hot.sum(1)[s.mask] >= 1)
+    assert torch.all(one_hot.sum(1)[~s.mask] == 0)
     scale = scale_of(chunk.p4)
     members = torch.einsum("bns,bnd->bsd", one_hot, p4.double())
     torch.testing.assert_close(s.p4.double(), members, rtol=1e-6, atol=1e-6 * scale)
@@ -607,8 +629,10 @@ def test_subjets_partition_the_jet(chunk, seed, scatter, keep, algorithm, radius
     pt = pt_of(s.p4.double())  # ranked in float64, stored in float32: near-ties may swap by rounding
     assert torch.all((pt[:, :-1] >= pt[:, 1:] * (1 - 1e-6)) | ~s.mask[:, 1:])
     c = s.coordinates()
-    assert torch.isfinite(c).all() and torch.all(c[~s.mask] == 0)
-    assert torch.all(c[..., 1].abs() <= PI) and torch.all(c[..., 1].abs()[s.mask] <= 2 * MAX_RADIUS + 1e-4)
+    assert torch.isfinite(c).all()
+    assert torch.all(c[~s.mask] == 0)
+    assert torch.all(c[..., 1].abs() <= PI)
+    assert torch.all(c[..., 1].abs()[s.mask] <= 2 * MAX_RADIUS + 1e-4)
 
     junk = 100.0 * torch.randn(p4.shape, generator=g)
     junk[..., 3] = junk[..., :3].norm(dim=-1) + 1.0
@@ -618,8 +642,10 @@ def test_subjets_partition_the_jet(chunk, seed, scatter, keep, algorithm, radius
         assert torch.equal(a, b)
     cut = find_subjets(p4, mask, radius=radius, algorithm=algorithm, max_subjets=keep)
     k = min(keep, n_sub)
-    assert cut.max_subjets == k and torch.equal(cut.count, s.count)
-    assert torch.equal(cut.p4, s.p4[:, :k]) and torch.equal(cut.mask, s.mask[:, :k])
+    assert cut.max_subjets == k
+    assert torch.equal(cut.count, s.count)
+    assert torch.equal(cut.p4, s.p4[:, :k])
+    assert torch.equal(cut.mask, s.mask[:, :k])
     assert torch.equal(cut.index, torch.where(s.index < k, s.index, -1))
 
 
@@ -646,7 +672,9 @@ def test_readers_round_trip_random_jets(fmt):
             path = Path(d) / ("jets.root" if fmt == "jetclass-root" else "jets.h5")
             assert write_jets(path, [chunk], fmt, {"test": "properties"}) == len(chunk)
             src = open_source(path)  # validating reader: raises on any jet it finds bad
-            assert src.format == fmt and len(src) == len(chunk) and src.has_labels == labeled
+            assert src.format == fmt
+            assert len(src) == len(chunk)
+            assert src.has_labels == labeled
             back = src.read(0, len(chunk))
             assert src.bad_counts == {}
             src.close()
@@ -654,7 +682,8 @@ def test_readers_round_trip_random_jets(fmt):
         assert back.n_particles.tolist() == chunk.n_particles.tolist()
         np.testing.assert_array_equal(back.mask[:, :n], chunk.mask[:, :n])
         np.testing.assert_array_equal(back.p4[:, :n], chunk.p4[:, :n])
-        assert not back.mask[:, n:].any() and np.all(back.p4[:, n:] == 0)
+        assert not back.mask[:, n:].any()
+        assert np.all(back.p4[:, n:] == 0)
         if labeled:
             assert back.class_names == FILE_FORMATS[fmt]
             np.testing.assert_array_equal(back.label, chunk.label)

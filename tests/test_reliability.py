@@ -61,7 +61,8 @@ def fingerprint(run: Path, weights: str) -> tuple[list[float], str]:
 def one_line(capsys, code: int) -> str:
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "Traceback" not in err[0], err
+    assert len(err) == 1, err
+    assert "Traceback" not in err[0], err
     return err[0]
 
 
@@ -79,8 +80,10 @@ def test_train_is_bitwise_reproducible_for_a_seed(jets, tmp_path):
     assert main(train_args(jets, tmp_path / "c", seed=8)) == 0
     assert main(train_args(jets, tmp_path / "d", "-o", "train.deterministic=true")) == 0
     a, b, c, d = (fingerprint(tmp_path / r, "best.safetensors") for r in "abcd")
-    assert len(a[0]) == 2 and a == b
-    assert a[1] != c[1] and a[0] != c[0]  # the seed matters: the comparison above can fail
+    assert len(a[0]) == 2
+    assert a == b
+    assert a[1] != c[1]
+    assert a[0] != c[0]
     assert d == a  # CPU kernels are deterministic already: asking for it changes nothing
 
 
@@ -124,25 +127,28 @@ def test_corrupted_weights_are_refused_by_every_reader(jets, pretrained, tmp_pat
     capsys.readouterr()
     _zero_bytes(run / "best.safetensors")
     msg = one_line(capsys, main(["evaluate", str(run), "--data", str(jets["val"]), "--no-plots"]))
-    assert "checksum" in msg and "best.safetensors" in msg
+    assert "checksum" in msg
+    assert "best.safetensors" in msg
     pre = tmp_path / "pre"
     shutil.copytree(pretrained, pre)
     _zero_bytes(pre / "backbone.safetensors")
     msg = one_line(capsys, main(finetune_args(jets, pre, tmp_path / "ft", "finetune")))
-    assert "checksum" in msg and "backbone.safetensors" in msg
+    assert "checksum" in msg
+    assert "backbone.safetensors" in msg
     assert not (tmp_path / "ft").exists()
     msg = one_line(capsys, main(["embed", str(pre), "--data", str(jets["val"]), "--no-plot"]))
     assert "checksum" in msg
     # the exact-resume state: a resume refuses it, --restart starts over
     _zero_bytes(run / "checkpoints" / "last.pt")
     msg = one_line(capsys, main(train_args(jets, run, steps=15)))
-    assert "cannot resume" in msg and "checksum" in msg
+    assert "cannot resume" in msg
+    assert "checksum" in msg
     assert main(train_args(jets, run, "--restart", steps=15)) == 0
     assert max(json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()) == 15
 
 
 # -- 3. a resume with other settings or data is refused
-@pytest.mark.parametrize("change, key", [
+@pytest.mark.parametrize(("change", "key"), [
     (["--seed", "8"], "train.seed"),
     (["--batch-size", "32"], "data.batch_size"),
     (["--data", "OTHER"], "data.train"),
@@ -157,7 +163,9 @@ def test_resume_with_other_settings_is_refused(jets, tmp_path, capsys, change, k
         value = str(jets["other"]) if change[i + 1] == "OTHER" else change[i + 1]
         args[args.index(change[i]) + 1] = value
     msg = one_line(capsys, main(args))
-    assert "cannot resume" in msg and key in msg and "--restart" in msg
+    assert "cannot resume" in msg
+    assert key in msg
+    assert "--restart" in msg
     assert {name: (run / name).read_bytes() for name in before} == before  # nothing rewritten
     assert main([*args, "--restart"]) == 0  # --restart starts over with the new values
     config = (run / "config.yaml").read_text()
@@ -181,7 +189,8 @@ def test_a_second_run_into_a_locked_output_is_refused(jets, tmp_path, capsys):
     run = tmp_path / "run"
     with output_lock(run, directory=True):
         msg = one_line(capsys, main(train_args(jets, run)))
-    assert "another hepfm process" in msg and str(run) in msg
+    assert "another hepfm process" in msg
+    assert str(run) in msg
     assert not (run / "metrics.jsonl").exists()
     assert main(train_args(jets, run)) == 0  # the lock went with its holder
 
@@ -195,7 +204,8 @@ def test_single_class_training_data_is_refused(jets, tmp_path, capsys):
     args = train_args(jets, tmp_path / "run")
     args[args.index("--data") + 1] = str(one)
     msg = one_line(capsys, main(args))
-    assert "single class" in msg and "one.h5" in msg
+    assert "single class" in msg
+    assert "one.h5" in msg
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 

@@ -10,8 +10,8 @@ import torch
 
 pytest.importorskip("fastjet")
 
-from hepfm.errors import HepfmInputError  # noqa: E402
-from hepfm.physics.subjets import find_subjets, pt_eta_phi  # noqa: E402
+from hepfm.errors import HepfmInputError
+from hepfm.physics.subjets import find_subjets, pt_eta_phi
 
 
 def _particles(rng: np.random.Generator, n: int, eta: float, phi: float, pt: float,
@@ -52,7 +52,8 @@ def test_two_separated_clusters_are_two_subjets() -> None:
     soft = _particles(rng, 6, -0.2, 1.4, 100.0, 0.02)  # ΔR ≈ 0.64 > 2R
     p4, mask = _pad([np.concatenate([soft, hard])], 20)  # slots 0-5 soft, 6-13 hard
     s = find_subjets(p4, mask, radius=0.2)
-    assert s.mask.tolist() == [[True, True]] and s.count.tolist() == [2]
+    assert s.mask.tolist() == [[True, True]]
+    assert s.count.tolist() == [2]
     assert s.index[0].tolist() == [1] * 6 + [0] * 8 + [-1] * 6  # the harder cluster is subjet 0
     assert torch.allclose(s.p4[0, 0], torch.tensor(hard.sum(0), dtype=torch.float32), rtol=1e-4)
 
@@ -61,7 +62,7 @@ def test_every_real_particle_in_exactly_one_subjet_and_sums_match() -> None:
     p4, mask = _pad(_random_jets(), 40, shuffle_slots=True)
     s = find_subjets(p4, mask)
     assert ((s.index >= 0) == mask).all()  # each real particle has one subjet index, padding has -1
-    b, n_sub = s.mask.shape
+    _b, n_sub = s.mask.shape
     one_hot = torch.nn.functional.one_hot(s.index.clamp(min=0), n_sub) * mask.unsqueeze(-1)  # (B, N, S)
     assert (one_hot.sum(-1) == mask.long()).all()
     member_p4 = torch.einsum("bns,bnd->bsd", one_hot.double(), p4.double())
@@ -92,7 +93,8 @@ def test_matches_fastjet_inclusive_jets() -> None:
 def test_max_subjets_keeps_the_leading_ones() -> None:
     p4, mask = _pad(_random_jets(seed=5), 40)
     full, cut = find_subjets(p4, mask), find_subjets(p4, mask, max_subjets=2)
-    assert cut.p4.shape[1] == 2 and torch.equal(cut.count, full.count)
+    assert cut.p4.shape[1] == 2
+    assert torch.equal(cut.count, full.count)
     assert torch.allclose(cut.p4, full.p4[:, :2])
     # particles of softer subjets get -1
     assert torch.equal(cut.index, torch.where(full.index < 2, full.index, -1))
@@ -102,8 +104,10 @@ def test_empty_and_single_particle_jets() -> None:
     rng = np.random.default_rng(2)
     p4, mask = _pad([np.zeros((0, 4)), _particles(rng, 1, 0.0, 0.0, 100.0, 0.0)], 5)
     s = find_subjets(p4, mask)
-    assert s.count.tolist() == [0, 1] and s.mask.tolist() == [[False], [True]]
-    assert s.index[0].tolist() == [-1] * 5 and s.index[1, 0] == 0
+    assert s.count.tolist() == [0, 1]
+    assert s.mask.tolist() == [[False], [True]]
+    assert s.index[0].tolist() == [-1] * 5
+    assert s.index[1, 0] == 0
 
 
 def test_coordinates_relative_to_the_jet_axis_wrap_phi() -> None:
@@ -113,11 +117,13 @@ def test_coordinates_relative_to_the_jet_axis_wrap_phi() -> None:
     p4, mask = _pad([np.concatenate([a, b])], 12)
     s = find_subjets(p4, mask)
     c = s.coordinates()[0]  # (S, 3)
-    assert c.shape == (2, 3) and (c[:, :2].abs() < 0.5).all()  # no 2π jumps
+    assert c.shape == (2, 3)
+    assert (c[:, :2].abs() < 0.5).all()
     assert c[0, 1] < 0 < c[1, 1]  # harder subjet on the low-φ side of the axis
     assert torch.allclose(c[:, 2].exp().sum(), torch.tensor(1.0), atol=0.02)  # pT fractions of a 2-subjet jet
     pt, eta, _ = pt_eta_phi(s.p4[0])
-    assert torch.allclose(pt, torch.tensor([300.0, 100.0]), rtol=0.02) and (eta - 0.5).abs().max() < 0.05
+    assert torch.allclose(pt, torch.tensor([300.0, 100.0]), rtol=0.02)
+    assert (eta - 0.5).abs().max() < 0.05
 
 
 def test_bad_options() -> None:

@@ -47,9 +47,12 @@ def get_model(data_config, size="paper", **kwargs):
     model = ParTWrapper(**cfg)
     info = {
         "input_names": list(data_config.input_names),
-        "input_shapes": {k: ((1,) + s[1:]) for k, s in data_config.input_shapes.items()},
+        "input_shapes": {k: (1, *s[1:]) for k, s in data_config.input_shapes.items()},
         "output_names": ["softmax"],
-        "dynamic_axes": {**{k: {0: "N", 2: "n_" + k.split("_")[0]} for k in data_config.input_names}, "softmax": {0: "N"}},
+        "dynamic_axes": {
+            **{k: {0: "N", 2: "n_" + k.split("_")[0]} for k in data_config.input_names},
+            "softmax": {0: "N"},
+        },
     }
     return model, info
 

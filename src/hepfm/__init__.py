@@ -10,7 +10,7 @@ from hepfm._version import __version__
 from hepfm.errors import HepfmInputError
 
 
-def load(path: str):  # type: ignore[no-untyped-def]
+def load(path: str):
     """Rebuild a trained model (eval mode) from a run directory or ``.safetensors`` file.
 
     Returns ``(model, spec)``: the model maps a ``ParticleBatch`` to logits via ``model.logits``;

@@ -25,7 +25,9 @@ def quiet_fastjet() -> Any:
         try:
             os.dup2(devnull, 1)
             one = ak.Array([[{"px": 1.0, "py": 0.0, "pz": 0.0, "E": 1.0}]])
-            fastjet.ClusterSequence(one, fastjet.JetDefinition(fastjet.antikt_algorithm, 0.4)).inclusive_jets()
+            fastjet.ClusterSequence(
+                one, fastjet.JetDefinition(fastjet.antikt_algorithm, 0.4)
+            ).inclusive_jets()
         finally:
             os.dup2(saved, 1)
             os.close(saved)

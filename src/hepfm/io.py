@@ -64,7 +64,8 @@ def json_default(obj: Any) -> Any:
 #: errno values that mean "the output cannot be written" (not a bug): disk full, quota, file too
 #: large, read-only file system, permission, a directory where a file is meant and vice versa.
 OUTPUT_ERRNOS = frozenset({
-    errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR,
+    errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS,
+    errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR,
 })
 
 

@@ -22,7 +22,7 @@ from hepfm.errors import HepfmInputError
 T = TypeVar("T")
 
 
-def from_dict(cls: type[T], d: dict[str, Any] | None, where: str) -> T:
+def from_dict(cls: type[T], d: dict[str, Any] | T | None, where: str) -> T:
     """Build the dataclass ``cls`` from a mapping; ``where`` names the section in messages (``train``)."""
     if d is None:
         d = {}
@@ -66,7 +66,9 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(value) != len(args):
                 raise HepfmInputError(f"{key}: expected a list of {len(args)} values, got {value!r}")
-            return tuple(coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+            return tuple(
+                coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True))
+            )
         item = args[0] if args else Any
         items = [coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
@@ -85,12 +87,12 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
         return number
     if tp is float:
         try:
-            number = float(value) if not isinstance(value, bool) else math.nan
+            real = float(value) if not isinstance(value, bool) else math.nan
         except (TypeError, ValueError):
-            number = math.nan
-        if not math.isfinite(number):
+            real = math.nan
+        if not math.isfinite(real):
             raise HepfmInputError(f"{key}: expected a finite number, got {value!r}")
-        return number
+        return real
     if tp is str:
         if not isinstance(value, str):
             raise HepfmInputError(f"{key}: expected a string, got {value!r}")

@@ -17,7 +17,9 @@ from hepfm.errors import HepfmInputError
 from hepfm.io import is_output_error
 
 #: Subcommand modules, in the order ``hepfm --help`` lists them.
-SUBCOMMANDS = ("generate", "inspect", "convert", "train", "evaluate", "pretrain", "finetune", "embed", "study", "demo")
+SUBCOMMANDS = (
+    "generate", "inspect", "convert", "train", "evaluate", "pretrain", "finetune", "embed", "study", "demo",
+)
 
 
 def _registry_names() -> dict[str, str]:
@@ -99,8 +101,11 @@ def main(argv: list[str] | None = None) -> int:
         if not is_output_error(err):
             raise
         where = f"{err.filename}: " if err.filename else ""
-        print(f"hepfm {args.command}: error: {where}cannot write output ({err.strerror}); nothing partial was kept",
-              file=sys.stderr)
+        print(
+            f"hepfm {args.command}: error: {where}cannot write output ({err.strerror}); "
+            "nothing partial was kept",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print(f"hepfm {args.command}: interrupted", file=sys.stderr)

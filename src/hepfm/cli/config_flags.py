@@ -43,7 +43,9 @@ FEATURES = ConfigFlag("--features", "data.features", "one of {features}")
 STEPS = ConfigFlag("--steps", "train.max_steps", "optimizer steps", "int")
 BATCH_SIZE = ConfigFlag("--batch-size", "data.batch_size", None, "int")
 LR = ConfigFlag("--lr", "train.optim.lr", None, "float")
-MAX_PARTICLES = ConfigFlag("--max-particles", "data.max_particles", "hardest constituents kept per jet", "int")
+MAX_PARTICLES = ConfigFlag(
+    "--max-particles", "data.max_particles", "hardest constituents kept per jet", "int"
+)
 N_TRAIN = ConfigFlag("--n-train", "data.n_train", "use only the first N training jets", "int")
 SEED = ConfigFlag("--seed", "train.seed", None, "int")
 DEVICE = ConfigFlag("--device", "train.device", "auto, cpu, cuda, cuda:1")
@@ -57,8 +59,9 @@ FLAGS: dict[str, tuple[ConfigFlag, ...]] = {
     "train": (DATA, VAL, BACKBONE, ConfigFlag("--head", "model.head", HEADS), FEATURES, STEPS, BATCH_SIZE, LR,
               MAX_PARTICLES, N_TRAIN, SEED, DEVICE, STREAMING, SKIP_BAD),
     "pretrain": (ConfigFlag("--objective", "objective.name", "one of {objectives}", required=True),
-                 DATA, replace(VAL, help="validation files (selects the exported backbone on validation loss)",
-                               required=False),
+                 DATA,
+                 replace(VAL, help="validation files (selects the exported backbone on validation loss)",
+                         required=False),
                  BACKBONE, FEATURES, STEPS, BATCH_SIZE, LR, MAX_PARTICLES, N_TRAIN, SEED, DEVICE, STREAMING,
                  SKIP_BAD),
     "finetune": (replace(DATA, help="labeled training files (globs allowed)"), VAL,

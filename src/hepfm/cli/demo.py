@@ -7,11 +7,12 @@ import argparse
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "demo", help="the main job: generate jets, pretrain, finetune vs scratch, print the comparison",
-        description="Generates Top-Tagging-like jets with Pythia 8 + FastJet (an unlabeled pretraining set and "
-        "small labeled sets), pretrains a backbone (JetCLR by default), finetunes it on a few labels next to "
-        "the same architecture trained from scratch on the same labels, evaluates both on the same test jets "
-        "and prints the table. About 10 minutes on 2 CPU cores; re-running reuses finished steps.",
+        "demo",
+        help="the main job: generate jets, pretrain, finetune vs scratch, print the comparison",
+        description="Generates Top-Tagging-like jets with Pythia 8 + FastJet (an unlabeled pretraining set "
+        "and small labeled sets), pretrains a backbone (JetCLR by default), finetunes it on a few labels "
+        "next to the same architecture trained from scratch on the same labels, evaluates both on the same "
+        "test jets and prints the table. About 10 minutes on 2 CPU cores; re-running reuses finished steps.",
     )
     p.add_argument("--out", default="hepfm-demo")
     p.add_argument("--workers", type=int, default=2)

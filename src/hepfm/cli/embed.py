@@ -26,12 +26,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from hepfm.workflows.embed import embed
 
-    r = embed(args.run, args.data, n_jets=args.n_jets, name=args.name, method=args.method, plot=not args.no_plot)
+    r = embed(
+        args.run, args.data, n_jets=args.n_jets, name=args.name, method=args.method, plot=not args.no_plot
+    )
     if args.json:
         print(json.dumps(r, indent=2))
     else:
         keys = ("n_jets", "mean_pairwise_cosine", "effective_rank", "std_mean", "dead_dim_fraction",
                 "knn_accuracy", "linear_probe_accuracy")
-        print("  ".join(f"{k}={r[k]:.4g}" if isinstance(r[k], float) else f"{k}={r[k]}" for k in keys if k in r))
+        print(
+            "  ".join(f"{k}={r[k]:.4g}" if isinstance(r[k], float) else f"{k}={r[k]}" for k in keys if k in r)
+        )
         print(f"-> {r['out']}")
     return 0

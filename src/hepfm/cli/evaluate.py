@@ -8,9 +8,10 @@ import json
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "evaluate", help="evaluate a trained tagger on test files",
-        description="Writes RUN_DIR/eval/<name>/metrics.json (accuracy, auc, rej30, rej50, n_jets; one-vs-rest "
-        "for multi-class) and ROC / score plots.",
+        "evaluate",
+        help="evaluate a trained tagger on test files",
+        description="Writes RUN_DIR/eval/<name>/metrics.json (accuracy, auc, rej30, rej50, n_jets; "
+        "one-vs-rest for multi-class) and ROC / score plots.",
         epilog="example: hepfm evaluate runs/part --data test.h5 --json",
     )
     p.add_argument("run_dir", help="a run directory from hepfm train/finetune (or a .safetensors file)")

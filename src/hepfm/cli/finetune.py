@@ -9,14 +9,18 @@ from hepfm.cli.config_flags import add_config_flags, config_delta
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "finetune", help="finetune a pretrained backbone on few labels (or frozen / scratch baselines)",
+        "finetune",
+        help="finetune a pretrained backbone on few labels (or frozen / scratch baselines)",
         description="Train a tagger from a pretrained backbone on N class-balanced labeled jets. "
-        "--mode finetune trains backbone and head; frozen trains the head only (--head linear = linear probe); "
-        "scratch re-initialises the same architecture. Model selection on --val only.",
+        "--mode finetune trains backbone and head; frozen trains the head only "
+        "(--head linear = linear probe); scratch re-initialises the same architecture. "
+        "Model selection on --val only.",
         epilog="example: hepfm finetune --pretrained runs/clr --data train.h5 --val val.h5 --n-labels 1000 "
         "--mode finetune --head linear --out runs/ft",
     )
-    p.add_argument("--pretrained", required=True, help="a hepfm pretrain run directory (or backbone.safetensors)")
+    p.add_argument(
+        "--pretrained", required=True, help="a hepfm pretrain run directory (or backbone.safetensors)"
+    )
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--n-labels", type=int, help="labeled jets to use (class-balanced, seeded); default all")
     p.add_argument("--mode", default="finetune", choices=("finetune", "frozen", "scratch"))

@@ -11,7 +11,6 @@ from hepfm.errors import HepfmInputError
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from hepfm.data.formats import WRITERS
-
     from hepfm.generation.detector import DETECTORS
     from hepfm.generation.processes import DATASETS
 
@@ -73,6 +72,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {job.n_jets} jets to {job.out} ({args.fmt}, detector={args.detector}, "
               f"{'labeled' if job.labeled else 'unlabeled'})")
         for c, t in summary["timing"].items():
-            print(f"  {c:6s} {summary['class_counts'][c]:8d} jets  {t['jets_per_s_per_core']:7.1f} jets/s/core"
-                  f"  pass fraction {t['pass_fraction']:.3f}", file=sys.stdout)
+            print(
+                f"  {c:6s} {summary['class_counts'][c]:8d} jets  {t['jets_per_s_per_core']:7.1f} jets/s/core"
+                f"  pass fraction {t['pass_fraction']:.3f}",
+                file=sys.stdout,
+            )
     return 0

@@ -10,10 +10,13 @@ from hepfm.cli.config_flags import add_config_flags, config_delta
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "pretrain", help="pretrain a backbone with a self-supervised (or supervised) objective",
-        description="Pretrain a backbone on (unlabeled) jets; labels are ignored unless --objective supervised. "
-        "Presets: <objective>-cpu (default) and <objective>-paper (GPU). Re-running into --out resumes.",
-        epilog="example: hepfm pretrain --objective jetclr --data 'pre_*.h5' --backbone transformer-small --out runs/clr",
+        "pretrain",
+        help="pretrain a backbone with a self-supervised (or supervised) objective",
+        description="Pretrain a backbone on (unlabeled) jets; labels are ignored unless --objective "
+        "supervised. Presets: <objective>-cpu (default) and <objective>-paper (GPU). Re-running into --out "
+        "resumes.",
+        epilog="example: hepfm pretrain --objective jetclr --data 'pre_*.h5' --backbone transformer-small "
+        "--out runs/clr",
     )
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--preset", help="preset name or YAML file (default: <objective>-cpu)")

@@ -16,12 +16,14 @@ def _names(text: str) -> list[str]:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "study", help="run a study (fewshot: pretrained vs scratch at few labels)",
-        description="fewshot: pretrain each objective once, then finetune / frozen-probe / train from scratch on N "
-        "class-balanced labels for each seed, evaluate on the test files, and write results.md and results.json "
-        "(mean ± std over seeds). Re-running resumes: finished runs are reused.",
-        epilog="example: hepfm study fewshot --pretrain-data pre.h5 --train train.h5 --val val.h5 --test test.h5 "
-        "--objectives jetclr,mpm,jepa --n-labels 1000,10000 --seeds 1,2,3 --out studies/fewshot",
+        "study",
+        help="run a study (fewshot: pretrained vs scratch at few labels)",
+        description="fewshot: pretrain each objective once, then finetune / frozen-probe / train from "
+        "scratch on N class-balanced labels for each seed, evaluate on the test files, and write results.md "
+        "and results.json (mean ± std over seeds). Re-running resumes: finished runs are reused.",
+        epilog="example: hepfm study fewshot --pretrain-data pre.h5 --train train.h5 --val val.h5 "
+        "--test test.h5 --objectives jetclr,mpm,jepa --n-labels 1000,10000 --seeds 1,2,3 "
+        "--out studies/fewshot",
     )
     p.add_argument("kind", choices=("fewshot",))
     p.add_argument("--pretrain-data", nargs="+", required=True)
@@ -29,7 +31,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val", nargs="+", required=True)
     p.add_argument("--test", nargs="+", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--objectives", type=_names, default=["jetclr"], help="comma-separated, among {objectives}")
+    p.add_argument(
+        "--objectives", type=_names, default=["jetclr"], help="comma-separated, among {objectives}"
+    )
     p.add_argument("--modes", type=_names, default=["finetune", "frozen", "scratch"])
     p.add_argument("--n-labels", type=_ints, default=[1000])
     p.add_argument("--seeds", type=_ints, default=[1, 2, 3])

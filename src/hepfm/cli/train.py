@@ -35,6 +35,9 @@ def run(args: argparse.Namespace) -> int:
         raise HepfmInputError("run directory already holds a run (drop --no-resume to continue it)", args.out)
     summary = train(args.preset, config_delta(args, "train"), args.out, restart=args.restart,
                     progress=not args.no_progress)
-    print(f"trained {summary['steps']} steps in {summary['seconds']:.0f} s ({summary['jets_per_second']:.0f} jets/s); "
-          f"best val {summary['best_metric']:.4f} at step {summary['best_step']}; run dir {summary['run_dir']}")
+    print(
+        f"trained {summary['steps']} steps in {summary['seconds']:.0f} s "
+        f"({summary['jets_per_second']:.0f} jets/s); best val {summary['best_metric']:.4f} "
+        f"at step {summary['best_step']}; run dir {summary['run_dir']}"
+    )
     return 0

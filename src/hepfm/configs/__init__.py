@@ -12,7 +12,9 @@ from hepfm.errors import HepfmInputError
 
 
 def list_presets(kind: str) -> list[str]:
-    return sorted(p.name[:-5] for p in resources.files(__name__).joinpath(kind).iterdir() if p.name.endswith(".yaml"))
+    return sorted(
+        p.name[:-5] for p in resources.files(__name__).joinpath(kind).iterdir() if p.name.endswith(".yaml")
+    )
 
 
 def load_preset(kind: str, name_or_path: str) -> dict[str, Any]:
@@ -25,7 +27,9 @@ def load_preset(kind: str, name_or_path: str) -> dict[str, Any]:
     else:
         res = resources.files(__name__).joinpath(kind, f"{name_or_path}.yaml")
         if not res.is_file():
-            raise HepfmInputError(f"unknown {kind} preset {name_or_path!r} (presets: {', '.join(list_presets(kind))})")
+            raise HepfmInputError(
+                f"unknown {kind} preset {name_or_path!r} (presets: {', '.join(list_presets(kind))})"
+            )
         text = res.read_text()
     try:
         data = yaml.safe_load(text) or {}

@@ -59,7 +59,9 @@ class FinetuneConfig:
     backbone_lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
-        require(self.backbone_lr_scale >= 0, "finetune.backbone_lr_scale", "must be >= 0", self.backbone_lr_scale)
+        require(
+            self.backbone_lr_scale >= 0, "finetune.backbone_lr_scale", "must be >= 0", self.backbone_lr_scale
+        )
 
 
 @dataclass
@@ -76,7 +78,9 @@ def split_sections(d: dict[str, Any], allowed: tuple[str, ...]) -> dict[str, Any
     """The config's sections, refusing any section a workflow does not have."""
     unknown = sorted(set(d) - set(allowed))
     if unknown:
-        raise HepfmInputError(f"unknown config section(s): {', '.join(unknown)} (sections: {', '.join(allowed)})")
+        raise HepfmInputError(
+            f"unknown config section(s): {', '.join(unknown)} (sections: {', '.join(allowed)})"
+        )
     for name, value in d.items():
         if not isinstance(value, dict):
             raise HepfmInputError(f"config section {name!r} must be a mapping, got {value!r}")

@@ -86,7 +86,8 @@ def _convert(paths: list[Path], out: Path, format: str, max_jets: int | None, ch
 
     metadata = {
         "converted_from": [
-            {"path": str(s.path), "format": s.format, "n_jets": len(s), "metadata": getattr(s, "metadata", {})}
+            {"path": str(s.path), "format": s.format, "n_jets": len(s),
+             "metadata": getattr(s, "metadata", {})}
             for s in sources
         ]
     }

@@ -203,8 +203,14 @@ _QUANTITIES: dict[str, tuple[tuple[str, ...], Callable[[_Particles], np.ndarray]
     "dz": (("dzval",), lambda p: np.tanh(p.field("dzval"))),
     "dzerr": (("dzerr",), lambda p: p.field("dzerr")),
 }
+
+
+def _field_of(name: str) -> Callable[[_Particles], np.ndarray]:
+    return lambda p: p.field(name)
+
+
 for _flag in PID_FLAGS:
-    _QUANTITIES[_flag] = ((_flag,), lambda p, f=_flag: p.field(f))
+    _QUANTITIES[_flag] = ((_flag,), _field_of(_flag))
 
 
 class RaggedFeatures(NamedTuple):
@@ -396,7 +402,7 @@ _KIN_HEAD = (
     Feature("part_deltaR", "deltaR", 0.2, 4.0),
 )
 _REL = (Feature("part_deta", "deta"), Feature("part_dphi", "dphi"))
-_PID = (Feature("part_charge", "charge"),) + tuple(Feature("part_" + f, f) for f in PID_FLAGS)
+_PID = (Feature("part_charge", "charge"), *(Feature("part_" + f, f) for f in PID_FLAGS))
 _IMPACT = (
     Feature("part_d0", "d0"),
     Feature("part_d0err", "d0err", 0.0, 1.0, 0.0, 1.0),
@@ -413,7 +419,7 @@ FEATURE_SETS.add(
     "jetclr",
     FeatureSet(
         "jetclr",
-        (Feature("part_eta", "eta"), Feature("part_phi", "phi")) + _KIN_HEAD[:4],
+        (Feature("part_eta", "eta"), Feature("part_phi", "phi"), *_KIN_HEAD[:4]),
         description="JetCLR at JetClass scale: raw eta, phi + 4 log features (6)",
     ),
 )

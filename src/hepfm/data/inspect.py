@@ -127,7 +127,7 @@ class _Stats:
         self.mass: dict[str, _Sample] = {}
         self.bad: dict[str, int] = {}
 
-    def add(self, chunk, n_read: int, bad: dict[str, int]) -> None:  # noqa: ANN001
+    def add(self, chunk, n_read: int, bad: dict[str, int]) -> None:
         self.n_read += n_read
         merge_counts(self.bad, bad)
         n = len(chunk)

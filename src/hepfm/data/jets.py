@@ -118,7 +118,9 @@ class JetChunk:
         """(n, 4) float64 jet four-momentum: the sum of all its constituents (:data:`FULL_JET_P4`,
         if particles were dropped), else of its stored particles."""
         full = self.jets.get(FULL_JET_P4)
-        return np.asarray(full, dtype=np.float64) if full is not None else self.p4.sum(axis=1, dtype=np.float64)
+        return (
+            np.asarray(full, dtype=np.float64) if full is not None else self.p4.sum(axis=1, dtype=np.float64)
+        )
 
     def jet_kinematics(self) -> dict[str, np.ndarray]:
         """Jet pt, eta, phi, energy, mass (float64) from the stored particles."""
@@ -149,7 +151,7 @@ class JetChunk:
         return JetChunk(
             p4=np.concatenate([pad(c.p4) for c in chunks]),
             mask=np.concatenate([pad(c.mask) for c in chunks]),
-            label=np.concatenate([c.label for c in chunks]) if labelled else None,  # type: ignore[misc]
+            label=np.concatenate([c.label for c in chunks]) if labelled else None,
             class_names=names,
             particles={k: np.concatenate([pad(c.particles[k]) for c in chunks]) for k in sorted(pkeys)},
             jets={k: np.concatenate([c.jets[k] for c in chunks]) for k in sorted(jkeys)},

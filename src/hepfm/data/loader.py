@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Sequence, Sized
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 import torch
@@ -64,9 +64,9 @@ class _Block:
     Jet i owns rows ``offsets[i]:offsets[i + 1]``. ``n_slots`` is the padded length it came with.
     """
 
-    __slots__ = ("x", "p4", "offsets", "counts", "jet", "label", "n_slots")
+    __slots__ = ("counts", "jet", "label", "n_slots", "offsets", "p4", "x")
 
-    def __init__(self, x, p4, counts, jet, label, n_slots) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, x, p4, counts, jet, label, n_slots) -> None:
         self.x, self.p4, self.jet, self.label, self.n_slots = x, p4, jet, label, int(n_slots)
         self.counts = np.asarray(counts, dtype=np.int64)
         self.offsets = np.zeros(len(self.counts) + 1, dtype=np.int64)
@@ -92,7 +92,7 @@ class _Block:
 
     @staticmethod
     def concat(blocks: Sequence[_Block]) -> _Block:
-        lab = None if blocks[0].label is None else np.concatenate([b.label for b in blocks])  # type: ignore
+        lab = None if blocks[0].label is None else np.concatenate([b.label for b in blocks])
         return _Block(
             np.concatenate([b.x for b in blocks]),
             np.concatenate([b.p4 for b in blocks]),
@@ -144,7 +144,7 @@ def _gather(
         starts_g[lo:hi] = b.offsets[r]
         jet[order[lo:hi]] = b.jet[r]
         if label is not None:
-            label[order[lo:hi]] = b.label[r]  # type: ignore[index]
+            label[order[lo:hi]] = b.label[r]
     size = int(counts_g.max(initial=0)) if length is None else int(length)
     c = np.minimum(counts_g, size)
     ends = np.cumsum(c)
@@ -175,7 +175,7 @@ def _gather(
 
 def _as_sources(sources: SourcesLike) -> list[JetSource]:
     if isinstance(sources, (str, Path)) or not isinstance(sources, Sequence):
-        sources = [sources]  # type: ignore[list-item]
+        sources = [sources]
     paths = [s for s in sources if isinstance(s, (str, Path))]
     if paths:
         from hepfm.data.formats import open_sources  # lazy: the readers pull in h5py / uproot
@@ -268,7 +268,7 @@ def collate(
         raise ValueError("collate(trim=False) needs pad_to")
     if isinstance(samples[0], ParticleBatch):
         blocks = [_batch_to_block(b) for b in samples]  # type: ignore[arg-type]
-        labelled = all(b.label is not None for b in samples)  # type: ignore[union-attr]
+        labelled = all(b.label is not None for b in samples)
     else:
         s: Sequence[JetSample] = samples  # type: ignore[assignment]
         labelled = all(j.label is not None for j in s)
@@ -570,7 +570,9 @@ class StreamingJetDataset(IterableDataset):
             tail = perm[n_full * bs :] if not last else perm[:0]
             if blocks is None:
                 if done + n_out <= skip:  # delivered before the interruption: follow the jets only
-                    refs = [np.stack([np.full(n, u), np.arange(n)], 1) for u, n in zip(pool, sizes)]
+                    refs = [
+                        np.stack([np.full(n, u), np.arange(n)], 1) for u, n in zip(pool, sizes, strict=True)
+                    ]
                     carry_refs, done = np.concatenate([carry_refs, *refs])[tail], done + n_out
                     continue
                 carry = self._materialise(carry_refs) if len(carry_refs) else carry
@@ -765,8 +767,9 @@ class JetLoader(DataLoader):
             fp: dict[str, Any] = self.dataset.fingerprint()  # type: ignore[attr-defined]
             return fp | {"num_workers": self.num_workers}
         s = self._epoch_sampler
-        return {"n_jets": len(self.dataset), "batch_size": self.batch_size, "seed": s.seed if s else None,
-                "shuffle": s.shuffle if s else False, "world_size": s.world_size if s else 1}
+        return {"n_jets": len(cast(Sized, self.dataset)), "batch_size": self.batch_size,
+                "seed": s.seed if s else None, "shuffle": s.shuffle if s else False,
+                "world_size": s.world_size if s else 1}
 
 
 def make_loader(
@@ -806,6 +809,7 @@ def make_loader(
         )
         loader = JetLoader(ds, batch_size=None, collate_fn=_identity, **common)
     else:
+        ds2: JetDataset
         if isinstance(sources, JetDataset):
             ds2 = sources
         else:

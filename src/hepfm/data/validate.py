@@ -138,7 +138,7 @@ def slot_nonzero(p4: np.ndarray) -> np.ndarray:
     """
     b = np.ascontiguousarray(p4 != 0)
     if b.shape[-1] != 4 or b.size == 0:
-        return b.any(axis=-1)
+        return np.asarray(b.any(axis=-1))
     return b.view(np.uint32).reshape(b.shape[:-1]) != 0
 
 
@@ -155,11 +155,11 @@ def bad_jet_flags(chunk: JetChunk) -> tuple[dict[str, np.ndarray], list[tuple[np
         if full is not None:
             big_sum = np.abs(full) > MAX_MOMENTUM
             flags["momentum_out_of_range"] |= big_sum.reshape(len(chunk), -1).any(axis=1)
-    flags["empty"] = ~mask.any(axis=1)
+    flags["empty"] = np.asarray(~mask.any(axis=1))
     flags["mask_not_contiguous"] = (mask[:, 1:] & ~mask[:, :-1]).any(axis=1)
     flags["padding_not_zero"] = (slot_nonzero(p4) & ~mask).any(axis=1)
     e = p4[..., 3]
-    flags["negative_energy"] = (mask & (e < 0)).any(axis=1)
+    flags["negative_energy"] = np.asarray((mask & (e < 0)).any(axis=1))
     with np.errstate(all="ignore"):  # float32 is plenty next to the 1e-3 tolerance
         px, py, pz = p4[..., 0], p4[..., 1], p4[..., 2]
         p = np.sqrt(px * px + py * py + pz * pz)
@@ -247,10 +247,7 @@ def check_chunk(
     if not skip_bad:
         assert first is not None
         idx, reason = first
-        if reason == "nonfinite":
-            msg = next(m for bad, m in sources if bad[idx])
-        else:
-            msg = _MESSAGES[reason]
+        msg = next(m for bad, m in sources if bad[idx]) if reason == "nonfinite" else _MESSAGES[reason]
         n_bad = int(seen.sum())
         more = f" ({n_bad - 1} more bad jets in jets {offset}-{offset + len(chunk) - 1})" if n_bad > 1 else ""
         raise HepfmInputError(
@@ -337,10 +334,7 @@ def all_good_and_sorted(chunk: JetChunk) -> bool:
     if p4.dtype != np.float32:  # the scan's tolerances and pT order are those of float32
         return False
     p4 = np.ascontiguousarray(p4)
-    for i in range(0, n, SCAN_BLOCK):
-        if not _block_good(p4[i : i + SCAN_BLOCK], mask[i : i + SCAN_BLOCK]):
-            return False
-    return True
+    return all(_block_good(p4[i : i + SCAN_BLOCK], mask[i : i + SCAN_BLOCK]) for i in range(0, n, SCAN_BLOCK))
 
 
 def validate_and_sort(

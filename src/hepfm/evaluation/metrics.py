@@ -8,6 +8,8 @@ convention of the Top Tagging comparison (arXiv:1902.09914).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
@@ -38,15 +40,19 @@ def binary_metrics(scores: np.ndarray, is_signal: np.ndarray) -> dict[str, float
 
 
 def classification_metrics(logits: np.ndarray, labels: np.ndarray,
-                           class_names: tuple[str, ...] | None = None) -> dict[str, float | dict]:
-    """Metrics for (n, K) logits and (n,) integer labels, with the keys accuracy, auc, rej30, rej50, n_jets."""
+                           class_names: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Metrics for (n, K) logits and (n,) integer labels, with the keys accuracy, auc, rej30, rej50,
+    n_jets."""
     logits = np.asarray(logits, dtype=np.float64)
     labels = np.asarray(labels).astype(np.int64)
     if logits.ndim != 2 or len(logits) != len(labels):
         raise ValueError(f"logits {logits.shape} and labels {labels.shape} do not match")
     k = logits.shape[1]
     probs = softmax(logits)
-    out: dict[str, float | dict] = {"accuracy": float((probs.argmax(1) == labels).mean()), "n_jets": int(len(labels))}
+    out: dict[str, float | dict] = {
+        "accuracy": float((probs.argmax(1) == labels).mean()),
+        "n_jets": len(labels),
+    }
     if k == 2:
         out |= binary_metrics(probs[:, 1], labels == 1)
         return out

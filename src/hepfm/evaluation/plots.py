@@ -9,7 +9,7 @@ import numpy as np
 from hepfm.io import atomic_path
 
 
-def pyplot():  # type: ignore[no-untyped-def]
+def pyplot():
     """matplotlib.pyplot on the file-only Agg backend (plots are written, never shown)."""
     import matplotlib
 
@@ -59,7 +59,7 @@ def score_histogram(path: Path, scores: np.ndarray, labels: np.ndarray, class_na
     save_figure(fig, path)
 
 
-def save_figure(fig, path: Path) -> None:  # type: ignore[no-untyped-def]
+def save_figure(fig, path: Path) -> None:
     """Write ``fig`` as PNG atomically and close it."""
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")

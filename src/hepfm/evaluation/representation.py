@@ -26,7 +26,8 @@ def collapse_metrics(emb: np.ndarray) -> dict[str, float]:
     p = s / max(s.sum(), 1e-12)
     eff_rank = float(np.exp(-(p[p > 0] * np.log(p[p > 0])).sum()))
     return {"mean_pairwise_cosine": mean_cos, "std_mean": float(std.mean()), "std_min": float(std.min()),
-            "dead_dim_fraction": float((std < 1e-4 * max(std.max(), 1e-12)).mean()), "effective_rank": eff_rank,
+            "dead_dim_fraction": float((std < 1e-4 * max(std.max(), 1e-12)).mean()),
+            "effective_rank": eff_rank,
             "dim": int(emb.shape[1]), "n_jets": int(n)}
 
 
@@ -43,7 +44,10 @@ def probe_metrics(emb: np.ndarray, labels: np.ndarray, seed: int = 0) -> dict[st
     a, b = scaler.transform(emb[tr]), scaler.transform(emb[te])
     knn = KNeighborsClassifier(n_neighbors=min(10, len(tr))).fit(a, labels[tr])
     lin = LogisticRegression(max_iter=2000).fit(a, labels[tr])
-    return {"knn_accuracy": float(knn.score(b, labels[te])), "linear_probe_accuracy": float(lin.score(b, labels[te]))}
+    return {
+        "knn_accuracy": float(knn.score(b, labels[te])),
+        "linear_probe_accuracy": float(lin.score(b, labels[te])),
+    }
 
 
 #: Fewest jets a 2-D map is drawn for (t-SNE's perplexity must stay below the number of points).

@@ -139,7 +139,9 @@ def apply_detector(
     em = calo & ((parts["pid"] == 22) | (np.abs(parts["pid"]) == 11))
     had = calo & ~em
     cells = [
-        _merge_cells(parts["event"][sel], eta[sel], phi[sel], parts["e"][sel], size, stoch, const, emin, pid, rng)
+        _merge_cells(
+            parts["event"][sel], eta[sel], phi[sel], parts["e"][sel], size, stoch, const, emin, pid, rng
+        )
         for sel, size, stoch, const, emin, pid in (
             (em, det.ecal_cell, det.ecal_stoch, det.ecal_const, det.ecal_e_min, 22),
             (had, det.hcal_cell, det.hcal_stoch, det.hcal_const, det.hcal_e_min, 130),

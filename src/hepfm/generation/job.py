@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from importlib import metadata as importlib_metadata
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -72,7 +73,8 @@ class GenerationJob:
         unknown = set(self.mix) - set(spec.class_names)
         if unknown:
             raise HepfmInputError(
-                f"unknown class(es) {sorted(unknown)} for dataset {self.dataset} (classes: {', '.join(spec.class_names)})"
+                f"unknown class(es) {sorted(unknown)} for dataset {self.dataset} "
+                f"(classes: {', '.join(spec.class_names)})"
             )
         if any(w < 0 for w in self.mix.values()) or (self.mix and sum(self.mix.values()) <= 0):
             raise HepfmInputError("class weights in --mix must be >= 0 with a positive sum")
@@ -86,13 +88,15 @@ class GenerationJob:
         counts = np.floor(exact).astype(int)
         for i in np.argsort(-(exact - counts), kind="stable")[: self.n_jets - counts.sum()]:
             counts[i] += 1
-        return dict(zip(names, counts.tolist()))
+        return dict(zip(names, counts.tolist(), strict=True))
 
     def tasks(self) -> list[ShardTask]:
         tasks = []
         for ci, n in enumerate(self.class_counts().values()):
             for k, start in enumerate(range(0, n, self.shard_size)):
-                seed = int(np.random.SeedSequence([self.seed, ci, k]).generate_state(1)[0]) % MAX_PYTHIA_SEED + 1
+                seed = (
+                    int(np.random.SeedSequence([self.seed, ci, k]).generate_state(1)[0]) % MAX_PYTHIA_SEED + 1
+                )
                 tasks.append(
                     ShardTask(self.dataset, ci, k, min(self.shard_size, n - start), seed, self.detector,
                               self.batch_events, self.extra_settings)
@@ -136,13 +140,16 @@ def provenance(job: GenerationJob, stats: dict[str, dict]) -> dict:
         "seeds": "Random:seed of each shard = SeedSequence([seed, class index, shard index]) mod 9e8 + 1",
         "selection": {
             "algorithm": "anti-kt", "radius": spec.radius, "pt_range": spec.pt_range, "eta_max": spec.eta_max,
-            "pthat_range": spec.pthat_range, "candidate_jets": spec.candidates, "max_particles": spec.max_particles,
+            "pthat_range": spec.pthat_range, "candidate_jets": spec.candidates,
+            "max_particles": spec.max_particles,
             "truth_match": "resonance and all visible decay partons within R of the jet axis",
         },
         "detector": DETECTORS.get(job.detector).to_dict(),
         "shard_size": job.shard_size,
         "batch_events": job.batch_events,
-        "shard_stats": {k: {s: v for s, v in st.items() if s != "seconds"} for k, st in sorted(stats.items())},
+        "shard_stats": {
+            k: {s: v for s, v in st.items() if s != "seconds"} for k, st in sorted(stats.items())
+        },
     }
 
 
@@ -152,12 +159,11 @@ def _part_path(parts: Path, task: ShardTask) -> Path:
 
 
 def _save_part(path: Path, chunk: JetChunk, stats: dict) -> None:
-    arrays = {"p4": chunk.p4, "mask": chunk.mask, "label": chunk.label}
+    arrays: dict[str, Any] = {"p4": chunk.p4, "mask": chunk.mask, "label": chunk.label}
     arrays |= {f"particles.{k}": v for k, v in chunk.particles.items()}
     arrays |= {f"jets.{k}": v for k, v in chunk.jets.items()}
-    with atomic_path(path, suffix=".npz") as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, stats=np.array(json.dumps(stats)), **arrays)
+    with atomic_path(path, suffix=".npz") as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, stats=np.array(json.dumps(stats)), **arrays)
 
 
 def _load_part(path: Path, class_names: tuple[str, ...]) -> tuple[JetChunk, dict]:
@@ -234,7 +240,8 @@ def _prepare_parts_dir(job: GenerationJob, restart: bool) -> Path:
             previous = None
         if previous != fingerprint:
             raise HepfmInputError(
-                f"unfinished generation with different options in {parts}; rerun with --restart to discard it",
+                f"unfinished generation with different options in {parts}; "
+                "rerun with --restart to discard it",
                 job.out,
             )
     else:
@@ -286,7 +293,7 @@ def _run_locked(job: GenerationJob, workers: int, restart: bool, progress: bool)
         except BaseException as err:
             # Without this, leaving the block would still run every queued shard before reporting.
             pool.shutdown(wait=True, cancel_futures=True)
-            if isinstance(err, OSError) and is_output_error(err):
+            if isinstance(err, OSError) and err.errno is not None and is_output_error(err):
                 raise HepfmInputError(
                     f"cannot write generated shards ({os.strerror(err.errno)}); the finished ones are kept "
                     "and a rerun resumes from them", parts,

@@ -107,7 +107,9 @@ PROCESSES.add(
 PROCESSES.add("tbqq", Process((*TTBAR, *W_HADRONIC), resonances=(6,), n_visible=3))
 PROCESSES.add(
     "tbl",
-    Process((*TTBAR, "24:onMode = off", "24:onIfAny = 11 13"), resonances=(6,), n_visible=2, need_lepton=True),
+    Process(
+        (*TTBAR, "24:onMode = off", "24:onIfAny = 11 13"), resonances=(6,), n_visible=2, need_lepton=True
+    ),
 )
 
 
@@ -142,14 +144,20 @@ DATASETS: Registry[DatasetSpec] = Registry("dataset")
 DATASETS.add(
     "toptag",
     DatasetSpec(
-        classes=dict(zip(TOPTAG_CLASSES, ("qcd", "top"))), pt_range=(550.0, 650.0), pthat_range=(500.0, 700.0)
+        classes=dict(zip(TOPTAG_CLASSES, ("qcd", "top"), strict=True)),
+        pt_range=(550.0, 650.0),
+        pthat_range=(500.0, 700.0),
     ),
 )
 DATASETS.add(
     "jetclass",
     DatasetSpec(
         classes=dict(
-            zip(JETCLASS_CLASSES, ("zjets", "hbb", "hcc", "hgg", "h4q", "hlvqq", "zqq", "wqq", "tbqq", "tbl"))
+            zip(
+                JETCLASS_CLASSES,
+                ("zjets", "hbb", "hcc", "hgg", "h4q", "hlvqq", "zqq", "wqq", "tbqq", "tbl"),
+                strict=True,
+            )
         ),
         pt_range=(500.0, 1000.0),
         pthat_range=(500.0, 1100.0),

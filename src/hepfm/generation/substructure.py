@@ -19,7 +19,9 @@ def _wrap(dphi: np.ndarray) -> np.ndarray:
 
 def substructure(p4: np.ndarray, mask: np.ndarray, radius: float = 0.8) -> dict[str, np.ndarray]:
     """Soft-drop mass and tau_1..tau_4 for a padded block of jets (FastJet's spurious warnings muted)."""
-    with warnings.catch_warnings():  # "dcut and exclusive jets for jet-finders other than kt..." (also for kt)
+    with (
+        warnings.catch_warnings()
+    ):  # "dcut and exclusive jets for jet-finders other than kt..." (also for kt)
         warnings.simplefilter("ignore", UserWarning)
         return _substructure(p4, mask, radius)
 
@@ -31,6 +33,7 @@ def _substructure(p4: np.ndarray, mask: np.ndarray, radius: float) -> dict[str, 
         p4: (n, N, 4) px, py, pz, E; mask: (n, N). Returns (n,) float32 arrays.
     """
     import awkward as ak
+
     from hepfm.fastjet_quiet import quiet_fastjet
 
     fastjet = quiet_fastjet()
@@ -38,7 +41,9 @@ def _substructure(p4: np.ndarray, mask: np.ndarray, radius: float) -> dict[str, 
     n = len(p4)
     counts = mask.sum(1)
     flat = p4[mask].astype(np.float64)
-    jets = ak.unflatten(ak.zip({"px": flat[:, 0], "py": flat[:, 1], "pz": flat[:, 2], "E": flat[:, 3]}), counts)
+    jets = ak.unflatten(
+        ak.zip({"px": flat[:, 0], "py": flat[:, 1], "pz": flat[:, 2], "E": flat[:, 3]}), counts
+    )
     out: dict[str, np.ndarray] = {}
 
     ca = fastjet.ClusterSequence(jets, fastjet.JetDefinition(fastjet.cambridge_algorithm, 10.0))

@@ -15,8 +15,8 @@ import numpy as np
 from hepfm.data.jets import JetChunk
 from hepfm.errors import HepfmInputError
 from hepfm.generation.detector import DETECTORS, apply_detector
-from hepfm.generation.substructure import substructure
 from hepfm.generation.processes import DATASETS, PROCESSES, DatasetSpec, Process
+from hepfm.generation.substructure import substructure
 from hepfm.generation.truth import INVISIBLE_IDS, LEPTON_IDS, match_resonance
 
 
@@ -70,16 +70,16 @@ def check_pythia_settings(lines: tuple[str, ...]) -> None:
                                   "(unknown key or bad value)")
 
 
-def _decay_hook(accept):  # type: ignore[no-untyped-def]
+def _decay_hook(accept):
     import pythia8mc
 
     class DecayVeto(pythia8mc.UserHooks):
         """Vetoes resonance decays the decay tables cannot express; Pythia then re-draws the decays."""
 
-        def canVetoResonanceDecays(self) -> bool:  # noqa: N802 (Pythia's name)
+        def canVetoResonanceDecays(self) -> bool:
             return True
 
-        def doVetoResonanceDecays(self, process) -> bool:  # type: ignore[no-untyped-def]  # noqa: N802
+        def doVetoResonanceDecays(self, process) -> bool:
             decays = []
             for i in range(process.size()):
                 p = process[i]
@@ -119,7 +119,9 @@ class ShardGenerator:
             raise RuntimeError(f"Pythia init failed for class {self.class_name}")
         self._charge: dict[int, float] = {}
         self.jet_def = fastjet.JetDefinition(fastjet.antikt_algorithm, self.spec.radius)
-        self.stats = {"events": 0, "batches": 0, "in_window": 0, "accepted": 0, "truncated": 0}
+        self.stats: dict[str, float] = {
+            "events": 0, "batches": 0, "in_window": 0, "accepted": 0, "truncated": 0,
+        }
 
     def charges(self, pid: np.ndarray) -> np.ndarray:
         uniq, inv = np.unique(pid, return_inverse=True)
@@ -135,13 +137,16 @@ class ShardGenerator:
         while len(jets) < n_jets:
             jets.extend(self._batch())
             if self.stats["batches"] > 50 and not jets:
-                raise RuntimeError(f"no jet of class {self.class_name} passes after {self.stats['events']} events")
+                raise RuntimeError(
+                    f"no jet of class {self.class_name} passes after {self.stats['events']} events"
+                )
         self.stats["seconds"] = time.perf_counter() - t0
         return self._to_chunk(jets[:n_jets]), dict(self.stats)
 
     # -- one batch of events
     def _batch(self) -> list[dict]:
         import awkward as ak
+
         from hepfm.fastjet_quiet import quiet_fastjet
 
         fastjet = quiet_fastjet()
@@ -203,18 +208,18 @@ class ShardGenerator:
                     continue
                 if rank == 0:
                     self.stats["in_window"] += 1
-                truth = None
+                truth: np.ndarray | None = None
                 if self.proc.resonances:
                     sl = slice(offsets[ev], offsets[ev + 1])
                     record = {k: v[sl] for k, v in rec.items()}
-                    truth = match_resonance(
+                    hit = match_resonance(
                         record, jeta, float(np.arctan2(jpy[ev][j], jpx[ev][j])),
                         resonances=self.proc.resonances, n_visible=self.proc.n_visible,
                         need_lepton=self.proc.need_lepton, radius=self.spec.radius,
                     )
-                    if truth is None:
+                    if hit is None:
                         continue
-                    truth = np.array([record[k][truth] for k in ("px", "py", "pz", "e")])
+                    truth = np.array([record[k][hit] for k in ("px", "py", "pz", "e")])
                 idx = vis_offsets[ev] + np.asarray(cidx[ev][j], dtype=np.int64)
                 out.append(self._jet_record(parts, idx, truth, pthat[ev]))
                 self.stats["accepted"] += 1

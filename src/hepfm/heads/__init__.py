@@ -17,7 +17,8 @@ Example:
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -166,7 +167,7 @@ class ClassAttentionHead(Head):
         """Shape: returns (B, K)."""
         _check_width(out.tokens, self.embed_dim, "token embedding", "class-attention")
         cls = self.cls_token.expand(out.tokens.shape[0], -1, -1)  # (B, 1, D)
-        for blk in self.blocks:
+        for blk in cast("Iterable[NormFormerBlock]", self.blocks):
             cls = blk.forward_cls(cls, out.tokens, out.mask)
         return self.fc(self.norm(cls.squeeze(1)))
 

@@ -101,7 +101,9 @@ class EdgeConvBlock(nn.Module):
             edges = self.act(norm(linear(edges), edge_mask))
         w = valid.unsqueeze(-1).to(edges.dtype)  # (B, N, k, 1)
         agg = (edges * w).sum(2) / w.sum(2).clamp(min=1.0)  # (B, N, C')
-        short = feats if self.shortcut is None else self.shortcut_norm(self.shortcut(feats), mask)
+        short = feats
+        if self.shortcut is not None and self.shortcut_norm is not None:  # both or neither
+            short = self.shortcut_norm(self.shortcut(feats), mask)
         return self.act(agg + short).masked_fill(~mask.unsqueeze(-1), 0.0)
 
 

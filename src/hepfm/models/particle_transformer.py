@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from itertools import pairwise
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -163,13 +164,13 @@ class ParticleTransformer(Backbone):
         self.pair_embed = PairEmbed(
             cfg.pair_embed_dims, cfg.num_heads, cfg.use_pair_output_activation, cfg.use_sparse_pairs
         )
-        block = {"dim": dim, "num_heads": cfg.num_heads, "ffn_ratio": cfg.ffn_ratio}
-        drops = {
+        block: dict[str, Any] = {"dim": dim, "num_heads": cfg.num_heads, "ffn_ratio": cfg.ffn_ratio}
+        drops: dict[str, Any] = {
             "dropout": cfg.dropout,
             "attn_dropout": cfg.attn_dropout,
             "activation_dropout": cfg.activation_dropout,
         }
-        no_drop = dict.fromkeys(drops, 0.0)
+        no_drop: dict[str, Any] = dict.fromkeys(drops, 0.0)
         self.blocks = nn.ModuleList(NormFormerBlock(**block, **drops) for _ in range(cfg.num_layers))
         self.cls_blocks = nn.ModuleList(
             NormFormerBlock(**block, **no_drop) for _ in range(cfg.num_cls_layers)
@@ -190,7 +191,7 @@ class ParticleTransformer(Backbone):
                     nn.init.zeros_(module.bias)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         with torch.no_grad():
-            for depth, blk in enumerate(self.blocks, start=1):
+            for depth, blk in enumerate(cast("Iterable[NormFormerBlock]", self.blocks), start=1):
                 blk.attn.proj.weight.div_(math.sqrt(2.0 * depth))
                 blk.fc2.weight.div_(math.sqrt(2.0 * depth))
 
@@ -208,7 +209,7 @@ class ParticleTransformer(Backbone):
             x = blk(x, None, bias)
         x = x.masked_fill(~mask.unsqueeze(-1), 0.0)
         cls = self.cls_token.expand(x.shape[0], -1, -1)  # (B, 1, D)
-        for blk in self.cls_blocks:
+        for blk in cast("Iterable[NormFormerBlock]", self.cls_blocks):
             cls = blk.forward_cls(cls, x, mask)
         return BackboneOutput(tokens=x, mask=mask, pooled=self.norm(cls.squeeze(1)))
 

@@ -26,13 +26,13 @@ class MaskedBatchNorm(nn.BatchNorm1d):
         same statistics (finite, but meaningless).
     """
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])  # (M, C)
         use_batch_stats = self.training or not self.track_running_stats
         if not use_batch_stats or mask is None:
             momentum = 0.0 if self.momentum is None else self.momentum
-            if self.training and self.track_running_stats:
+            if self.training and self.track_running_stats and self.num_batches_tracked is not None:
                 self.num_batches_tracked.add_(1)
             y = F.batch_norm(
                 x2,
@@ -54,7 +54,8 @@ class MaskedBatchNorm(nn.BatchNorm1d):
         n = w.sum().clamp(min=1.0)
         mean = (xf * w).sum(0) / n  # (C,)
         var = ((xf - mean).square() * w).sum(0) / n  # biased, as BatchNorm normalises with
-        if self.track_running_stats and self.running_mean is not None:
+        if (self.track_running_stats and self.running_mean is not None and self.running_var is not None
+                and self.num_batches_tracked is not None):
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
                 momentum = 0.1 if self.momentum is None else self.momentum

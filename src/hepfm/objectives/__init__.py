@@ -1,4 +1,5 @@
-"""Training objectives: each wraps backbone(s) (and heads) and returns a loss; the engine knows nothing else."""
+"""Training objectives: each wraps backbone(s) (and heads) and returns a loss; the engine knows nothing
+else."""
 
 from __future__ import annotations
 

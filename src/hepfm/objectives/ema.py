@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 from torch import nn
 
 MOMENTUM_SCHEDULES = ("cosine", "linear", "constant")
+
+M = TypeVar("M", bound=nn.Module)
 
 
 def momentum_at(step: int, total_steps: int, start: float, end: float, schedule: str = "cosine") -> float:
@@ -34,7 +37,7 @@ def momentum_at(step: int, total_steps: int, start: float, end: float, schedule:
     raise ValueError(f"unknown momentum schedule {schedule!r} (known: {', '.join(MOMENTUM_SCHEDULES)})")
 
 
-def make_target(online: nn.Module, factory: Callable[[], nn.Module] | None = None) -> nn.Module:
+def make_target(online: M, factory: Callable[[], M] | None = None) -> M:
     """A frozen copy of ``online`` (built by ``factory`` if given, else deep-copied) in eval mode.
 
     Eval mode: the target's dropout is off, so its outputs, the regression targets, are not noisy.
@@ -55,7 +58,7 @@ def ema_update_(target: nn.Module, online: nn.Module, momentum: float) -> None:
 
     Buffers (batch-norm running statistics) are copied, not averaged: they are already running means.
     """
-    t_params = list(target.parameters())
+    t_params: list[torch.Tensor] = list(target.parameters())
     o_params = [p.detach() for p in online.parameters()]
     if len(t_params) != len(o_params):
         raise ValueError("EMA target and online module have different parameters")

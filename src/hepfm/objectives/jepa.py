@@ -225,8 +225,10 @@ class Predictor(nn.Module):
         self.coord_embed = nn.Sequential(nn.Linear(3, width), nn.GELU(), nn.Linear(width, width))
         self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
         nn.init.trunc_normal_(self.mask_token, std=0.02)
-        no_drop = {"dropout": 0.0, "attn_dropout": 0.0, "activation_dropout": 0.0}
-        self.blocks = nn.ModuleList(NormFormerBlock(width, num_heads, **no_drop) for _ in range(depth))
+        self.blocks = nn.ModuleList(
+            NormFormerBlock(width, num_heads, dropout=0.0, attn_dropout=0.0, activation_dropout=0.0)
+            for _ in range(depth)
+        )
         self.norm = nn.LayerNorm(width)
         self.out = nn.Linear(width, subjet_dim)
 
@@ -399,7 +401,9 @@ class JEPA(Objective):
     def collapsed(self, logs: dict[str, float]) -> str | None:
         # identical jet embeddings for all jets: the seed's collapse signature
         cos = logs.get("cos_sim")
-        return f"mean pairwise cosine similarity of jet embeddings is {cos:.4f}" if cos is not None and cos > 0.995 else None
+        if cos is not None and cos > 0.995:
+            return f"mean pairwise cosine similarity of jet embeddings is {cos:.4f}"
+        return None
 
     def on_step_end(self, step: int, total_steps: int) -> None:
         """EMA update of the target encoder (momentum from ``ema_start`` to ``ema_end``)."""

@@ -163,7 +163,9 @@ class JetCLR(Objective):
     def collapsed(self, logs: dict[str, float]) -> str | None:
         # uniformity log E exp(-2|z_i - z_j|^2) -> 0 when every jet maps to the same point
         u = logs.get("uniformity")
-        return f"uniformity {u:.4f} (embeddings of all jets coincide)" if u is not None and u > -0.02 else None
+        return (
+            f"uniformity {u:.4f} (embeddings of all jets coincide)" if u is not None and u > -0.02 else None
+        )
 
     def export_backbone(self) -> nn.Module:
         """The encoder alone: the projection head is discarded for finetuning, as in JetCLR/SimCLR."""

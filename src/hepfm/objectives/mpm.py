@@ -129,6 +129,13 @@ def _rank(values: torch.Tensor, descending: bool) -> torch.Tensor:
     return torch.empty_like(order).scatter_(1, order, positions)
 
 
+def _max_rank(cfg: MPMConfig) -> int:
+    if cfg.max_rank is None:
+        raise HepfmInputError("mpm: max_rank must be set (the registry builder takes it from the data's "
+                              "particle cap)")
+    return cfg.max_rank
+
+
 class PredictionHead(nn.Module):
     """Predicts each masked particle's target from the backbone tokens.
 
@@ -142,10 +149,11 @@ class PredictionHead(nn.Module):
         super().__init__()
         h = cfg.head_dim
         self.proj = nn.Linear(in_dim, h)
-        self.rank_embed = nn.Embedding(cfg.max_rank, h) if cfg.ordering == "head" else None
-        drops = dict.fromkeys(("dropout", "attn_dropout", "activation_dropout"), cfg.head_dropout)
+        self.rank_embed = nn.Embedding(_max_rank(cfg), h) if cfg.ordering == "head" else None
+        p = cfg.head_dropout
         self.blocks = nn.ModuleList(
-            NormFormerBlock(h, cfg.head_heads, ffn_ratio=2, **drops) for _ in range(cfg.head_layers))
+            NormFormerBlock(h, cfg.head_heads, ffn_ratio=2, dropout=p, attn_dropout=p, activation_dropout=p)
+            for _ in range(cfg.head_layers))
         self.out = nn.Sequential(nn.LayerNorm(h), nn.Linear(h, h), nn.GELU(), nn.Linear(h, out_dim))
         if self.rank_embed is not None:
             nn.init.trunc_normal_(self.rank_embed.weight, std=0.02)
@@ -198,15 +206,13 @@ class MaskedParticleModelling(Objective):
     def __init__(self, backbone: Backbone, in_features: int, config: MPMConfig | None = None) -> None:
         super().__init__()
         cfg = config or MPMConfig()
-        if cfg.max_rank is None:
-            raise HepfmInputError("mpm: max_rank must be set (the registry builder takes it from the data's "
-                                  "particle cap)")
+        self.max_rank = _max_rank(cfg)
         self.config = cfg
         self.backbone = backbone
         self.in_features = in_features
         self.mask_token = nn.Parameter(torch.zeros(in_features))
         nn.init.trunc_normal_(self.mask_token, std=0.02)
-        self.input_rank = nn.Embedding(cfg.max_rank, in_features) if cfg.ordering == "input" else None
+        self.input_rank = nn.Embedding(self.max_rank, in_features) if cfg.ordering == "input" else None
         if self.input_rank is not None:
             nn.init.trunc_normal_(self.input_rank.weight, std=0.02)
         tokens = cfg.target == "tokens"
@@ -250,7 +256,7 @@ class MaskedParticleModelling(Objective):
         sel = selected.unsqueeze(-1)  # (B, N, 1)
         x = torch.where(sel, self.mask_token.to(batch.x.dtype), batch.x)  # (B, N, F)
         if self.input_rank is not None:
-            pos = self.input_rank(rank.clamp(max=self.config.max_rank - 1))  # (B, N, F)
+            pos = self.input_rank(rank.clamp(max=self.max_rank - 1))  # (B, N, F)
             x = x + pos.to(x.dtype) * batch.mask.unsqueeze(-1)  # padding stays zero
         p4 = batch.p4.masked_fill(sel, 0.0)
         return ParticleBatch(x=x, mask=batch.mask, p4=p4, jet=None, label=None)
@@ -259,7 +265,7 @@ class MaskedParticleModelling(Objective):
         self, batch: ParticleBatch, selected: torch.Tensor
     ) -> tuple[BackboneOutput, torch.Tensor]:
         """Backbone output on the corrupted batch, and the pT ranks (B, N) used for ordering."""
-        rank = pt_rank(batch.p4, batch.mask).clamp(max=self.config.max_rank - 1)
+        rank = pt_rank(batch.p4, batch.mask).clamp(max=self.max_rank - 1)
         return self.backbone(self.corrupt(batch, selected, rank)), rank
 
     def forward(self, batch: ParticleBatch) -> ObjectiveOutput:
@@ -300,7 +306,11 @@ class MaskedParticleModelling(Objective):
 
 @OBJECTIVES.register("mpm")
 def build(
-    backbone_factory: BackboneFactory, feature_set: FeatureSet, *, max_particles: int | None = None, **options: Any
+    backbone_factory: BackboneFactory,
+    feature_set: FeatureSet,
+    *,
+    max_particles: int | None = None,
+    **options: Any,
 ) -> MaskedParticleModelling:
     """The registry builder: ``create_objective("mpm", factory, feature_set, options, max_particles=N)``."""
     config = from_dict(MPMConfig, options, "objective.options")

@@ -3,8 +3,8 @@
 A builder takes a zero-argument backbone factory (objectives that need two encoders, e.g. an EMA
 target, call it twice), the feature set the data uses (augmentations recompute features), the
 keyword ``max_particles`` (the data's particle cap, for what is sized by it; builders that need
-nothing from it ignore it) and the objective's options; it returns an :class:`~hepfm.objectives.base.Objective` whose
-``export_backbone()`` is what finetuning starts from.
+nothing from it ignore it) and the objective's options; it returns an
+:class:`~hepfm.objectives.base.Objective` whose ``export_backbone()`` is what finetuning starts from.
 """
 
 from __future__ import annotations

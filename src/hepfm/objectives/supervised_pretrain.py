@@ -15,8 +15,8 @@ from hepfm.objectives.supervised import Supervised
 
 @OBJECTIVES.register("supervised")
 def build(backbone_factory: BackboneFactory, feature_set: FeatureSet, *, max_particles: int | None = None,
-          num_classes: int | None = None,
-          head: str = "linear", head_options: dict[str, Any] | None = None, label_smoothing: float = 0.0) -> Supervised:
+          num_classes: int | None = None, head: str = "linear", head_options: dict[str, Any] | None = None,
+          label_smoothing: float = 0.0) -> Supervised:
     if not num_classes or num_classes < 2:
         raise HepfmInputError("supervised pretraining needs labeled data with at least two classes")
     backbone = backbone_factory()

@@ -42,7 +42,9 @@ def _fastjet() -> Any:
 
         return quiet_fastjet()
     except ModuleNotFoundError:
-        raise HepfmInputError("subjet finding needs FastJet's Python package: pip install 'fastjet>=3.4.2'") from None
+        raise HepfmInputError(
+            "subjet finding needs FastJet's Python package: pip install 'fastjet>=3.4.2'"
+        ) from None
 
 
 @dataclass

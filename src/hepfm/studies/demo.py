@@ -19,12 +19,17 @@ from hepfm.studies.fewshot import FewShotStudy, cost_lines, markdown_table, run_
 log = logging.getLogger(__name__)
 
 #: (name, jets, labeled, seed offset) of the generated files
-FILES = (("pretrain", 8000, False, 10), ("train", 2000, True, 20), ("val", 1000, True, 30), ("test", 2000, True, 40))
+FILES = (
+    ("pretrain", 8000, False, 10),
+    ("train", 2000, True, 20),
+    ("val", 1000, True, 30),
+    ("test", 2000, True, 40),
+)
 
 
 def demo(out: str | Path, *, workers: int = 2, seed: int = 1, objective: str = "jetclr", n_labels: int = 200,
-         pretrain_steps: int = 1200, finetune_steps: int = 200, backbone: str = "part-small", max_particles: int = 32,
-         progress: bool = True) -> dict[str, Any]:
+         pretrain_steps: int = 1200, finetune_steps: int = 200, backbone: str = "part-small",
+         max_particles: int = 32, progress: bool = True) -> dict[str, Any]:
     out = Path(out)
     require(workers >= 1, "--workers", "must be >= 1", workers)
     t0 = time.perf_counter()
@@ -33,11 +38,12 @@ def demo(out: str | Path, *, workers: int = 2, seed: int = 1, objective: str = "
         out=out / "study", pretrain_data=files["pretrain"], train=files["train"], val=files["val"],
         test=files["test"], objectives=[objective], modes=["finetune", "scratch"], n_labels=[n_labels],
         seeds=[seed],
-        pretrain_overrides=[f"train.max_steps={pretrain_steps}", f"train.seed={seed}", f"model.backbone={backbone}",
-                            f"data.max_particles={max_particles}"],
+        pretrain_overrides=[f"train.max_steps={pretrain_steps}", f"train.seed={seed}",
+                            f"model.backbone={backbone}", f"data.max_particles={max_particles}"],
         finetune_overrides=[f"train.max_steps={finetune_steps}"],
     )
-    jobs = [GenerationJob("toptag", n, files[name][0], seed=seed + offset, labeled=labeled, shard_size=500)
+    jobs = [GenerationJob("toptag", n, Path(files[name][0]), seed=seed + offset, labeled=labeled,
+                          shard_size=500)
             for name, n, labeled, offset in FILES]
     for job in jobs:
         if not job.out.exists():

@@ -78,18 +78,21 @@ class FewShotStudy:
         check_output_dir(self.out)
         for objective in self.objectives:
             resolve_pretrain(self.pretrain_preset or f"{objective}-cpu", self._pretrain_delta(objective))
-        d = split_sections(merge(load_preset("finetune", self.finetune_preset), self._finetune_delta(self.seeds[0])),
-                           ("data", "head", "finetune", "train"))
+        d = split_sections(
+            merge(load_preset("finetune", self.finetune_preset), self._finetune_delta(self.seeds[0])),
+            ("data", "head", "finetune", "train"),
+        )
         section(FinetuneConfig, d, "finetune")
         TrainConfig.from_dict(d.get("train", {}))
 
     def _pretrain_delta(self, objective: str) -> dict[str, Any]:
-        return apply_overrides({}, [f"data.train={json.dumps(self.pretrain_data)}", f"objective.name={objective}",
-                                    *self.pretrain_overrides])
+        return apply_overrides({}, [f"data.train={json.dumps(self.pretrain_data)}",
+                                    f"objective.name={objective}", *self.pretrain_overrides])
 
     def _finetune_delta(self, seed: int) -> dict[str, Any]:
-        return apply_overrides({}, [f"data.train={json.dumps(self.train)}", f"data.val={json.dumps(self.val)}",
-                                    f"head.name={self.head}", f"train.seed={seed}", *self.finetune_overrides])
+        return apply_overrides({}, [f"data.train={json.dumps(self.train)}",
+                                    f"data.val={json.dumps(self.val)}", f"head.name={self.head}",
+                                    f"train.seed={seed}", *self.finetune_overrides])
 
     def pretrain_dir(self, objective: str) -> Path:
         return self.out / "pretrain" / objective
@@ -190,14 +193,15 @@ def _run_study(s: FewShotStudy, progress: bool) -> dict[str, Any]:
                     # scratch cells depend on the architecture only (shared by objectives), the others
                     # on the pretrained weights too
                     origin = baseline if mode == "scratch" else backbone.get("weights_sha256")
-                    stale = claim_cell(run, {"config": merge(load_preset("finetune", s.finetune_preset), delta),
-                                             "mode": mode, "n_labels": n, "backbone": origin, "data": data})
+                    config = merge(load_preset("finetune", s.finetune_preset), delta)
+                    stale = claim_cell(run, {"config": config, "mode": mode, "n_labels": n,
+                                             "backbone": origin, "data": data})
                     metrics = _evaluated(run, test) if finished(run) and not stale else None
                     if metrics is None:
                         log.info("%s %s n=%d seed=%d -> %s", objective, mode, n, seed, run)
                         if stale or not finished(run):  # (re)train, or resume a run stopped by the clock
-                            finetune(pdir, s.finetune_preset, delta, run, mode=mode, n_labels=n, restart=stale,
-                                     progress=progress)
+                            finetune(pdir, s.finetune_preset, delta, run, mode=mode, n_labels=n,
+                                     restart=stale, progress=progress)
                         metrics = evaluate(run, s.test, name="test", plots=False)
                     rows.append({"objective": baseline if mode == "scratch" else objective, "mode": mode,
                                  "n_labels": n, "seed": seed, "baseline": baseline,
@@ -225,8 +229,11 @@ def pretraining_cost(s: FewShotStudy) -> dict[str, dict[str, Any]]:
 
 
 def cost_lines(cost: dict[str, dict[str, Any]]) -> str:
-    lines = [f"- pretraining {obj}: {c['steps']} steps in {c['seconds']:.0f} s ({c['jets_per_second']:.0f} jets/s"
-             f"{', ' + c['device'] if c.get('device') else ''})" for obj, c in cost.items()]
+    lines = [
+        f"- pretraining {obj}: {c['steps']} steps in {c['seconds']:.0f} s ({c['jets_per_second']:.0f} jets/s"
+        f"{', ' + c['device'] if c.get('device') else ''})"
+        for obj, c in cost.items()
+    ]
     return ("\n" + "\n".join(lines) + "\n") if lines else ""
 
 
@@ -264,9 +271,11 @@ def markdown_table(table: list[dict[str, Any]]) -> str:
     head += "|---|---|---|---|---|---|---|---|---|\n"
     lines = []
     for t in table:
-        cells = [f"{t[k]:.4f} ± {t[k + '_std']:.4f}" if k in ("accuracy", "auc") else f"{t[k]:.1f} ± {t[k + '_std']:.1f}"
+        cells = [f"{t[k]:.4f} ± {t[k + '_std']:.4f}" if k in ("accuracy", "auc")
+                 else f"{t[k]:.1f} ± {t[k + '_std']:.1f}"
                  for k in METRICS]
         gain = t.get("auc_minus_scratch")
         cells.append("" if gain is None else f"{gain:+.4f}")
-        lines.append(f"| {t['n_labels']} | {t['objective']} | {t['mode']} | {t['n_seeds']} | " + " | ".join(cells) + " |")
+        row = f"| {t['n_labels']} | {t['objective']} | {t['mode']} | {t['n_seeds']} | "
+        lines.append(row + " | ".join(cells) + " |")
     return head + "\n".join(lines) + "\n"

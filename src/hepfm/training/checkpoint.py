@@ -51,7 +51,8 @@ def read_weights(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tens
 
     original = path = Path(path)
     if path.is_dir():
-        for cand in (path / "best.safetensors", path / "checkpoints" / "best.safetensors", path / "model.safetensors"):
+        for cand in (path / "best.safetensors", path / "checkpoints" / "best.safetensors",
+                     path / "model.safetensors"):
             if cand.exists():
                 path = cand
                 break
@@ -72,11 +73,15 @@ def read_weights(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tens
                                   "(the file is corrupted or was modified)", path)
         state = load_file(str(path))
     except (SafetensorError, OSError, json.JSONDecodeError, ValueError, AttributeError) as err:
-        raise HepfmInputError(f"corrupt or unreadable checkpoint ({str(err).splitlines()[0]})", path) from None
+        raise HepfmInputError(
+            f"corrupt or unreadable checkpoint ({str(err).splitlines()[0]})", path
+        ) from None
     return spec, state, path
 
 
-def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path, strict: bool = True) -> None:
+def load_state_into(
+    model: nn.Module, state: dict[str, torch.Tensor], path: str | Path, strict: bool = True
+) -> None:
     """Load a state dict and turn any mismatch into one clear line naming the checkpoint."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
@@ -95,7 +100,9 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], path: str 
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    # the global (legacy) numpy RNG is saved on purpose: exact resume must restore what third-party code draws
+    numpy_state = np.random.get_state()  # noqa: NPY002
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -103,7 +110,7 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    np.random.set_state(state["numpy"])  # noqa: NPY002 (the global RNG, restored on purpose)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -127,7 +134,7 @@ def load_training_state(path: Path) -> dict[str, Any]:
     import io
 
     try:
-        data = path.read_bytes()
+        data: bytes | memoryview = path.read_bytes()
         n = len(STATE_TRAILER) + 32
         if data[-n:-32] == STATE_TRAILER:
             payload = memoryview(data)[:-n]
@@ -138,5 +145,5 @@ def load_training_state(path: Path) -> dict[str, Any]:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
     except HepfmInputError:
         raise
-    except Exception as err:  # noqa: BLE001 - any unpickling failure is a corrupt file
+    except Exception as err:
         raise HepfmInputError(f"cannot resume: corrupt training state ({type(err).__name__})", path) from None

@@ -29,11 +29,14 @@ class OptimConfig:
         OPTIMIZERS.get(self.name)
         require(self.lr > 0, "train.optim.lr", "must be > 0", self.lr)
         require(self.weight_decay >= 0, "train.optim.weight_decay", "must be >= 0", self.weight_decay)
-        require(all(0 <= b < 1 for b in self.betas), "train.optim.betas", "must be two numbers in [0, 1)", self.betas)
+        require(all(0 <= b < 1 for b in self.betas), "train.optim.betas", "must be two numbers in [0, 1)",
+                self.betas)
         require(self.eps > 0, "train.optim.eps", "must be > 0", self.eps)
         require(self.lookahead_k >= 1, "train.optim.lookahead_k", "must be >= 1", self.lookahead_k)
-        require(0 < self.lookahead_alpha <= 1, "train.optim.lookahead_alpha", "must be in (0, 1]", self.lookahead_alpha)
-        require(self.backbone_lr_scale >= 0, "train.optim.backbone_lr_scale", "must be >= 0", self.backbone_lr_scale)
+        require(0 < self.lookahead_alpha <= 1, "train.optim.lookahead_alpha", "must be in (0, 1]",
+                self.lookahead_alpha)
+        require(self.backbone_lr_scale >= 0, "train.optim.backbone_lr_scale", "must be >= 0",
+                self.backbone_lr_scale)
 
 
 @dataclass
@@ -48,8 +51,12 @@ class ScheduleConfig:
 
         SCHEDULES.get(self.name)
         require(self.warmup_steps >= 0, "train.schedule.warmup_steps", "must be >= 0", self.warmup_steps)
-        require(0 <= self.min_lr_ratio <= 1, "train.schedule.min_lr_ratio", "must be in [0, 1]", self.min_lr_ratio)
-        require(0 <= self.anneal_start <= 1, "train.schedule.anneal_start", "must be in [0, 1]", self.anneal_start)
+        require(
+            0 <= self.min_lr_ratio <= 1, "train.schedule.min_lr_ratio", "must be in [0, 1]", self.min_lr_ratio
+        )
+        require(
+            0 <= self.anneal_start <= 1, "train.schedule.anneal_start", "must be in [0, 1]", self.anneal_start
+        )
 
 
 @dataclass
@@ -90,13 +97,15 @@ class TrainConfig:
             require(value is None or value >= 1, f"train.{key}", "must be >= 1 (or null for no limit)", value)
         require(self.max_steps is not None or self.max_epochs is not None, "train.max_steps",
                 "may be null only with train.max_epochs set (training needs a budget)", self.max_steps)
-        require(self.max_minutes is None or self.max_minutes > 0, "train.max_minutes", "must be > 0 (or null)",
-                self.max_minutes)
+        require(self.max_minutes is None or self.max_minutes > 0, "train.max_minutes",
+                "must be > 0 (or null)", self.max_minutes)
         for key in ("early_stop_patience", "num_workers"):
             require(getattr(self, key) >= 0, f"train.{key}", "must be >= 0", getattr(self, key))
         require(self.clip_grad >= 0, "train.clip_grad", "must be >= 0 (0 disables clipping)", self.clip_grad)
         require(self.amp in AMP_MODES, "train.amp", f"must be one of {', '.join(AMP_MODES)}", self.amp)
-        require(self.monitor_mode in MONITOR_MODES, "train.monitor_mode", "must be min or max", self.monitor_mode)
+        require(
+            self.monitor_mode in MONITOR_MODES, "train.monitor_mode", "must be min or max", self.monitor_mode
+        )
         check_device(self.device)
 
     def to_dict(self) -> dict[str, Any]:
@@ -119,9 +128,13 @@ def check_device(name: str) -> None:
         raise HepfmInputError(f"train.device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise HepfmInputError(f"train.device {name!r}: no CUDA GPU is available on this machine (use cpu or auto)")
+            raise HepfmInputError(
+                f"train.device {name!r}: no CUDA GPU is available on this machine (use cpu or auto)"
+            )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise HepfmInputError(f"train.device {name!r}: this machine has {torch.cuda.device_count()} GPU(s)")
+            raise HepfmInputError(
+                f"train.device {name!r}: this machine has {torch.cuda.device_count()} GPU(s)"
+            )
     elif dev.type == "mps":
         if not torch.backends.mps.is_available():
             raise HepfmInputError(f"train.device {name!r}: MPS is not available on this machine")

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -100,7 +100,7 @@ def seed_everything(seed: int) -> None:
     import random
 
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 (seeds the global RNG that third-party code draws from)
     torch.manual_seed(seed)
 
 
@@ -164,8 +164,9 @@ def _rng_isolated(loader: Iterable[ParticleBatch]) -> Iterator[ParticleBatch]:
 class Trainer:
     """Trains any objective. ``model_spec`` is saved beside the weights so ``hepfm.load`` can rebuild."""
 
-    def __init__(self, objective: Objective, cfg: TrainConfig, run_dir: str | Path, model_spec: dict[str, Any],
-                 metrics_fn: MetricsFn | None = None, dist_info: DistInfo | None = None) -> None:
+    def __init__(self, objective: Objective, cfg: TrainConfig, run_dir: str | Path,
+                 model_spec: dict[str, Any], metrics_fn: MetricsFn | None = None,
+                 dist_info: DistInfo | None = None) -> None:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.spec = model_spec
@@ -182,7 +183,7 @@ class Trainer:
             self.model = nn.parallel.DistributedDataParallel(
                 objective, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if cfg.compile:
-            self.model = torch.compile(self.model)
+            self.model = cast(nn.Module, torch.compile(self.model))  # an OptimizedModule
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.logger = MetricLogger(self.run_dir, cfg.tensorboard, enabled=self.dist.is_main)
         self.step = 0
@@ -213,7 +214,8 @@ class Trainer:
             sampler = getattr(loader, "sampler", None)
             skip = self.batch_in_epoch
             for obj in (loader, sampler, getattr(loader, "dataset", None)):
-                if hasattr(obj, "set_epoch"):  # idempotent: each reshuffles from (seed, epoch)
+                # idempotent: each reshuffles from (seed, epoch)
+                if obj is not None and hasattr(obj, "set_epoch"):
                     obj.set_epoch(self.epoch)
             if skip and hasattr(loader, "load_state_dict") and hasattr(loader, "state_dict"):
                 # hepfm's JetLoader resumes mid-epoch itself (without collating the skipped batches)
@@ -228,7 +230,9 @@ class Trainer:
                 self.batch_in_epoch += 1
                 yield batch
             if n == 0 and self.batch_in_epoch == 0:
-                raise HepfmInputError("the training data yields no batches (empty dataset or batch larger than it)")
+                raise HepfmInputError(
+                    "the training data yields no batches (empty dataset or batch larger than it)"
+                )
             self.epoch += 1
             self.batch_in_epoch = 0
 
@@ -236,7 +240,8 @@ class Trainer:
     def _state(self) -> dict[str, Any]:
         return {
             "model": self.objective.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler else None, "step": self.step, "epoch": self.epoch,
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+            "step": self.step, "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch, "best": self.best, "best_step": self.best_step,
             "bad_evals": self.bad_evals, "early_stopped": self.early_stopped, "rng": ckpt.rng_state(),
             "config": self.cfg.to_dict(), "spec": self.spec,
@@ -252,7 +257,9 @@ class Trainer:
             return False
         state = ckpt.load_training_state(path)
         if state.get("spec", {}).get("backbone") != self.spec.get("backbone"):
-            raise HepfmInputError("cannot resume: the run directory holds a different model; use a new --out", path)
+            raise HepfmInputError(
+                "cannot resume: the run directory holds a different model; use a new --out", path
+            )
         ckpt.load_state_into(self.objective, state["model"], path)
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scaler and state["scaler"]:
@@ -299,7 +306,9 @@ class Trainer:
             for micro in range(cfg.grad_accum):
                 batch = next(batches).to(self.device, non_blocking=True)
                 sync = micro == cfg.grad_accum - 1 or not self.dist.enabled
-                with (contextlib.nullcontext() if sync else self.model.no_sync()), self._autocast():
+                # no_sync() is reached only under DDP (sync is always true otherwise)
+                ddp = cast(nn.parallel.DistributedDataParallel, self.model)
+                with (contextlib.nullcontext() if sync else ddp.no_sync()), self._autocast():
                     out = self.model(batch)
                 loss = out.loss.float() / cfg.grad_accum
                 (self.scaler.scale(loss) if self.scaler else loss).backward()
@@ -315,7 +324,8 @@ class Trainer:
             bar.update(1)
             log_now = self.step % cfg.log_every == 0 or self.step == total
             # under DDP the ranks agree on stopping only at log steps, where they compare clocks
-            late = deadline is not None and time.perf_counter() >= deadline and (log_now or not self.dist.enabled)
+            late = (deadline is not None and time.perf_counter() >= deadline
+                    and (log_now or not self.dist.enabled))
             if log_now or late:  # a run stopped by the clock logs its last, partial interval too
                 now = time.perf_counter()
                 # under DDP, the one collective of a log step: all ranks' jets, and whether any rank is late
@@ -329,7 +339,9 @@ class Trainer:
                 self._check_finite(bad)
                 self.save_last()
             if self.early_stopped:
-                log.info("early stopping at step %d (best %s at step %s)", self.step, self.best, self.best_step)
+                log.info(
+                    "early stopping at step %d (best %s at step %s)", self.step, self.best, self.best_step
+                )
                 reason = "early_stopping"
                 break
             if late and self.step < total:
@@ -346,7 +358,8 @@ class Trainer:
         jets_all = self._across_ranks(n_jets, False)[0]
         epochs = (self.epoch + self.batch_in_epoch / per_epoch) if per_epoch else None
         return FitResult(self.step, self.best, self.best_step, reason == "early_stopping", secs,
-                         jets_all / max(secs, 1e-9), describe_device(self.device), reason, total, epochs, jets_all)
+                         jets_all / max(secs, 1e-9), describe_device(self.device), reason, total, epochs,
+                         jets_all)
 
     def _across_ranks(self, jets: int, late: bool) -> tuple[int, bool]:
         """Jets summed over DDP ranks, and whether any rank passed the time limit (all ranks must stop at
@@ -364,7 +377,9 @@ class Trainer:
         if self.cfg.clip_grad > 0:
             norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.clip_grad)
         else:
-            norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+            norm = torch.linalg.vector_norm(
+                torch.stack([p.grad.norm() for p in params if p.grad is not None])
+            )
         if self.scaler:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -376,8 +391,10 @@ class Trainer:
     def _check_finite(self, bad: torch.Tensor) -> None:
         if bool(bad):
             raise TrainingDivergedError(
-                f"training diverged: the loss became NaN/inf before step {self.step}; the last good checkpoint "
-                f"is kept in {self.ckpt_dir} (lower the learning rate, or check the inputs)")
+                f"training diverged: the loss became NaN/inf before step {self.step}; "
+                f"the last good checkpoint is kept in {self.ckpt_dir} "
+                "(lower the learning rate, or check the inputs)"
+            )
 
     def _log_row(self, sums: dict[str, torch.Tensor], bad: torch.Tensor, dt: float, jets: int,
                  n: int) -> dict[str, Any]:
@@ -388,7 +405,9 @@ class Trainer:
         row: dict[str, Any] = {"step": self.step, "epoch": self.epoch}
         for k, v in sums.items():
             row[f"train_{k}"] = float(v) / (n if k == "grad_norm" else n_micro)
-        reason = self.objective.collapsed({k[len("train_"):]: v for k, v in row.items() if k.startswith("train_")})
+        reason = self.objective.collapsed(
+            {k[len("train_") :]: v for k, v in row.items() if k.startswith("train_")}
+        )
         self.collapsed_logs = self.collapsed_logs + 1 if reason else 0
         if reason and self.collapsed_logs >= self.cfg.collapse_patience:
             raise TrainingDivergedError(
@@ -427,8 +446,12 @@ class Trainer:
         self.logger.log({"step": self.step, **metrics})
         value = metrics.get(self.cfg.monitor)
         if value is None:
-            raise HepfmInputError(f"monitor {self.cfg.monitor!r} is not among the validation metrics {sorted(metrics)}")
-        better = self.best is None or (value < self.best if self.cfg.monitor_mode == "min" else value > self.best)
+            raise HepfmInputError(
+                f"monitor {self.cfg.monitor!r} is not among the validation metrics {sorted(metrics)}"
+            )
+        better = self.best is None or (
+            value < self.best if self.cfg.monitor_mode == "min" else value > self.best
+        )
         if better and math.isfinite(value):
             self.best, self.best_step, self.bad_evals = value, self.step, 0
             if self.dist.is_main:

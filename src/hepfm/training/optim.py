@@ -18,7 +18,9 @@ from hepfm.registry import Registry
 from hepfm.training.config import OptimConfig
 
 
-def param_groups(model: nn.Module, cfg: OptimConfig, no_decay: set[str], lr_scale: dict[str, float]) -> list[dict]:
+def param_groups(
+    model: nn.Module, cfg: OptimConfig, no_decay: set[str], lr_scale: dict[str, float]
+) -> list[dict]:
     groups: dict[tuple[float, float], list[nn.Parameter]] = defaultdict(list)
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -57,12 +59,12 @@ class Lookahead(torch.optim.Optimizer):
         return self.inner.defaults
 
     @torch.no_grad()
-    def step(self, closure: Callable | None = None):  # type: ignore[override]
+    def step(self, closure: Callable | None = None):
         loss = self.inner.step(closure)
         self._count += 1
         if self._count % self.k == 0:
-            for group, slow in zip(self.param_groups, self._slow):
-                for p, s in zip(group["params"], slow):
+            for group, slow in zip(self.param_groups, self._slow, strict=True):
+                for p, s in zip(group["params"], slow, strict=True):
                     s.add_(p.detach() - s, alpha=self.alpha)
                     p.copy_(s)
         return loss
@@ -75,14 +77,19 @@ class Lookahead(torch.optim.Optimizer):
 
     def load_state_dict(self, state: dict) -> None:
         self.inner.load_state_dict(state["inner"])
-        self._slow = [[s.to(p.device) for s, p in zip(ss, g["params"])] for ss, g in zip(state["slow"], self.param_groups)]
+        self._slow = [
+            [s.to(p.device) for s, p in zip(ss, g["params"], strict=True)]
+            for ss, g in zip(state["slow"], self.param_groups, strict=True)
+        ]
         self._count = state["count"]
 
 
 OPTIMIZERS: Registry[Callable[[list[dict], OptimConfig], torch.optim.Optimizer]] = Registry("optimizer")
 OPTIMIZERS.add("adamw", lambda g, c: torch.optim.AdamW(g, lr=c.lr, betas=c.betas, eps=c.eps))
 OPTIMIZERS.add("adam", lambda g, c: torch.optim.Adam(g, lr=c.lr, betas=c.betas, eps=c.eps))
-OPTIMIZERS.add("radam", lambda g, c: torch.optim.RAdam(g, lr=c.lr, betas=c.betas, eps=c.eps, decoupled_weight_decay=True))
+OPTIMIZERS.add(
+    "radam", lambda g, c: torch.optim.RAdam(g, lr=c.lr, betas=c.betas, eps=c.eps, decoupled_weight_decay=True)
+)
 OPTIMIZERS.add(
     "ranger",
     lambda g, c: Lookahead(
@@ -92,7 +99,9 @@ OPTIMIZERS.add(
 )
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig, no_decay: set[str], lr_scale: dict[str, float]) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: nn.Module, cfg: OptimConfig, no_decay: set[str], lr_scale: dict[str, float]
+) -> torch.optim.Optimizer:
     groups = param_groups(model, cfg, no_decay, lr_scale)
     if not groups:
         raise HepfmInputError("the model has no trainable parameters")

@@ -38,11 +38,14 @@ log = logging.getLogger(__name__)
 
 def resolve_config(preset: str, delta: dict[str, Any]) -> tuple[DataConfig, ModelConfig, TrainConfig]:
     d = split_sections(merge_run_config(load_preset("train", preset), delta), ("data", "model", "train"))
-    return section(DataConfig, d, "data"), section(ModelConfig, d, "model"), TrainConfig.from_dict(d.get("train", {}))
+    return (section(DataConfig, d, "data"), section(ModelConfig, d, "model"),
+            TrainConfig.from_dict(d.get("train", {})))
 
 
 # -- models from specs
-def model_spec(model: ModelConfig, features: FeatureSet, class_names: tuple[str, ...], max_particles: int) -> dict:
+def model_spec(
+    model: ModelConfig, features: FeatureSet, class_names: tuple[str, ...], max_particles: int
+) -> dict:
     return {
         "hepfm_version": __version__,
         "objective": "supervised",
@@ -102,7 +105,10 @@ def train(preset: str, delta: dict[str, Any], out: str | Path, *, resume: bool =
                          n_parameters=sum(p.numel() for p in objective.parameters()))
         trainer = Trainer(objective, tcfg, out, spec, validation_metrics(class_names))
         res = trainer.fit(d.train, d.val, resume=resume, progress=progress)
-        summary = asdict(res) | {"run_dir": str(out), "n_parameters": sum(p.numel() for p in objective.parameters())}
+        summary = asdict(res) | {
+            "run_dir": str(out),
+            "n_parameters": sum(p.numel() for p in objective.parameters()),
+        }
         write_json_atomic(out / "train_summary.json", summary)
     return summary
 
@@ -112,8 +118,8 @@ def train(preset: str, delta: dict[str, Any], out: str | Path, *, resume: bool =
 def predict(model: Supervised, spec: dict[str, Any], patterns: list[str], batch_size: int = 256,
             skip_bad: bool = False, device: str = "cpu") -> tuple[np.ndarray, np.ndarray, list[Any]]:
     """Logits and labels of every jet in ``patterns`` with the checkpoint's own feature set."""
-    loader, sources = evaluation_loader(patterns, FeatureSet.from_dict(spec["features"]), spec["max_particles"],
-                                        batch_size=batch_size, skip_bad=skip_bad,
+    loader, sources = evaluation_loader(patterns, FeatureSet.from_dict(spec["features"]),
+                                        spec["max_particles"], batch_size=batch_size, skip_bad=skip_bad,
                                         class_names=tuple(spec["class_names"]))
     model = model.to(device).eval()
     logits, labels = [], []

@@ -19,7 +19,7 @@ from hepfm.configs.sections import DataConfig
 from hepfm.data.features import FeatureSet
 from hepfm.data.formats import ArraySource, open_sources
 from hepfm.data.jets import JetChunk
-from hepfm.data.loader import make_loader
+from hepfm.data.loader import JetLoader, make_loader
 from hepfm.errors import HepfmInputError
 
 #: Jets read per block when scanning labels.
@@ -72,8 +72,11 @@ def open_data(cfg: DataConfig, fs: FeatureSet, *, seed: int, labels: Labels, num
         check_train_classes(sources, n_jets)
     # a few-label subset smaller than a batch still trains (one short batch per epoch)
     drop_last = n_labels is None or len(sources[0]) > cfg.batch_size
+    train: JetLoader | WithoutLabels
+    val: JetLoader | WithoutLabels | None
     train = make_loader(sources, fs, cfg.batch_size, streaming=streaming, shuffle=True, seed=seed,
-                        num_workers=num_workers, max_particles=cfg.max_particles, n_jets=n_jets, drop_last=drop_last)
+                        num_workers=num_workers, max_particles=cfg.max_particles, n_jets=n_jets,
+                        drop_last=drop_last)
     val = (make_loader(val_src, fs, cfg.batch_size, shuffle=False, max_particles=cfg.max_particles,
                        n_jets=cfg.n_val, rank=0, world_size=1) if val_src else None)
     if labels == "required" and val is not None:
@@ -93,8 +96,11 @@ def open_inputs(patterns: list[str], fs: FeatureSet, max_particles: int, skip_ba
         except HepfmInputError as err:
             if features_origin is None:
                 raise
-            raise HepfmInputError(f"the pretrained backbone ({features_origin}) was trained on feature set "
-                                  f"{fs.name!r}, which this data cannot provide: {err.problem}", s.path) from None
+            raise HepfmInputError(
+                f"the pretrained backbone ({features_origin}) was trained on feature set "
+                f"{fs.name!r}, which this data cannot provide: {err.problem}",
+                s.path,
+            ) from None
     return sources
 
 
@@ -114,7 +120,9 @@ def evaluation_loader(patterns: list[str], fs: FeatureSet, max_particles: int, *
                 raise HepfmInputError("evaluation needs labels, but the file has none", s.path)
             if tuple(s.class_names) != tuple(class_names):
                 raise HepfmInputError(
-                    f"the file's classes {list(s.class_names)} differ from the model's {list(class_names)}", s.path)
+                    f"the file's classes {list(s.class_names)} differ from the model's {list(class_names)}",
+                    s.path,
+                )
     loader = make_loader(sources, fs, batch_size, streaming=n_jets is None, shuffle=False,
                          max_particles=max_particles, n_jets=n_jets)
     return loader, sources
@@ -154,7 +162,8 @@ def check_train_classes(sources: list[Any], n_jets: int | None, block: int = 655
             if len(seen) > 1:
                 return
     raise HepfmInputError(
-        f"the training set holds a single class ({sorted(seen)}): a classifier needs jets of at least two classes",
+        f"the training set holds a single class ({sorted(seen)}): "
+        "a classifier needs jets of at least two classes",
         ", ".join(str(s.path) for s in sources),
     )
 
@@ -167,13 +176,15 @@ def check_val_classes(loader: Any, n_classes: int, path: Any) -> None:
         if len(seen) > 1:
             return
     raise HepfmInputError(
-        f"the validation set holds a single class ({sorted(seen)}): model selection needs at least two of {n_classes}",
+        f"the validation set holds a single class ({sorted(seen)}): "
+        f"model selection needs at least two of {n_classes}",
         path,
     )
 
 
 def balanced_subset(sources: list[Any], n_labels: int, seed: int) -> tuple[JetChunk, dict[str, int]]:
-    """``n_labels`` jets, as equal per class as the data allow, drawn with ``seed`` (reads labels in chunks)."""
+    """``n_labels`` jets, as equal per class as the data allow, drawn with ``seed`` (reads labels in
+    chunks)."""
     labels = []
     for s in sources:
         for start in range(0, len(s), READ_CHUNK):
@@ -225,7 +236,7 @@ class WithoutLabels:
             self.loader.set_epoch(epoch)
 
     def state_dict(self) -> dict[str, Any]:
-        return self.loader.state_dict()  # type: ignore[no-any-return]
+        return self.loader.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.loader.load_state_dict(state)

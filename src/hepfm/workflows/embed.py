@@ -46,8 +46,9 @@ def embed(run: str | Path, patterns: list[str], *, n_jets: int = 2000, name: str
     if name is not None:
         check_folder_name(name, "--name")
     model, spec, file = load_backbone(run)
-    loader, sources = evaluation_loader(patterns, FeatureSet.from_dict(spec["features"]), spec["max_particles"],
-                                        n_jets=n_jets)
+    loader, sources = evaluation_loader(
+        patterns, FeatureSet.from_dict(spec["features"]), spec["max_particles"], n_jets=n_jets
+    )
     embs, labels = [], []
     for batch in loader:
         embs.append(jet_embedding(model(batch)).float().numpy())
@@ -57,14 +58,18 @@ def embed(run: str | Path, patterns: list[str], *, n_jets: int = 2000, name: str
         raise HepfmInputError("the data hold no jets", sources[0].path)
     emb = np.concatenate(embs)
     if plot and len(emb) < MIN_MAP_JETS:
-        raise HepfmInputError(f"only {len(emb)} jets, too few for an embedding map (at least {MIN_MAP_JETS}); "
-                              "use --no-plot", sources[0].path)
+        raise HepfmInputError(
+            f"only {len(emb)} jets, too few for an embedding map (at least {MIN_MAP_JETS}); use --no-plot",
+            sources[0].path,
+        )
     y = np.concatenate(labels) if labels else None
     result = diagnostics(emb, y)
     out = Path(run) if Path(run).is_dir() else Path(run).parent
     out = out / "embed" / (name or Path(sources[0].path).stem)
     if plot:
-        result["map_method"] = embedding_map(out / "embedding.png", emb, y, tuple(sources[0].class_names), method)
+        result["map_method"] = embedding_map(
+            out / "embedding.png", emb, y, tuple(sources[0].class_names), method
+        )
     result["checkpoint"] = str(file)
     write_json_atomic(out / "diagnostics.json", result)
     return result | {"out": str(out)}

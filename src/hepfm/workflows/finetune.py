@@ -41,7 +41,8 @@ MODES = ("finetune", "frozen", "scratch")
 
 def resolve(preset: str, delta: dict[str, Any], bb_spec: dict[str, Any]
             ) -> tuple[DataConfig, HeadConfig, FinetuneConfig, TrainConfig]:
-    """The finetune preset + overrides, typed; data defaults (particle cap, features) come from the backbone."""
+    """The finetune preset + overrides, typed; data defaults (particle cap, features) come from the
+    backbone."""
     d = split_sections(merge(load_preset("finetune", preset), delta), ("data", "head", "finetune", "train"))
     data = section(DataConfig, d, "data", defaults={
         "max_particles": bb_spec["max_particles"], "features": bb_spec["features"]["name"], "batch_size": 64})
@@ -76,7 +77,8 @@ def finetune(pretrained: str | Path | None, preset: str, delta: dict[str, Any], 
         mcfg = ModelConfig(backbone=bb_spec["backbone"]["name"], head=head.name,
                            backbone_options=bb_spec["backbone"].get("options", {}), head_options=head.options)
         spec = model_spec(mcfg, fs, class_names, data.max_particles) | {
-            "finetune": {"mode": mode, "pretrained": str(bb_file), "n_labels": n_labels, "per_class": per_class}}
+            "finetune": {"mode": mode, "pretrained": str(bb_file), "n_labels": n_labels,
+                         "per_class": per_class}}
         objective = build_classifier(spec, freeze_backbone=mode == "frozen",
                                      backbone_lr_scale=ft.backbone_lr_scale if mode == "finetune" else 1.0)
         if mode != "scratch":
@@ -86,7 +88,10 @@ def finetune(pretrained: str | Path | None, preset: str, delta: dict[str, Any], 
                     "head": asdict(head), "finetune": asdict(ft), "train": tcfg.to_dict()}
         write_run_header(out, resolved, preset, d.train_sources, d.val_sources, pretrained_spec=bb_spec,
                          per_class=per_class)
-        res = Trainer(objective, tcfg, out, spec, validation_metrics(class_names)).fit(d.train, d.val, progress=progress)
-        summary = asdict(res) | {"run_dir": str(out), "mode": mode, "n_labels": n_labels, "per_class": per_class}
+        res = Trainer(objective, tcfg, out, spec, validation_metrics(class_names)).fit(
+            d.train, d.val, progress=progress
+        )
+        summary = asdict(res) | {"run_dir": str(out), "mode": mode, "n_labels": n_labels,
+                                 "per_class": per_class}
         write_json_atomic(out / "train_summary.json", summary)
     return summary

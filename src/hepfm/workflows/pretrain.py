@@ -31,16 +31,23 @@ log = logging.getLogger(__name__)
 PREPARE_JETS = 20_000  # jets shown to Objective.prepare (e.g. fitting an MPM codebook)
 
 
-def resolve(preset: str, delta: dict[str, Any]) -> tuple[DataConfig, ModelConfig, ObjectiveConfig, TrainConfig]:
-    d = split_sections(merge_run_config(load_preset("pretrain", preset), delta), ("data", "model", "objective", "train"))
-    return (section(DataConfig, d, "data"), section(ModelConfig, d, "model"), section(ObjectiveConfig, d, "objective"),
-            TrainConfig.from_dict(d.get("train", {})))
+def resolve(
+    preset: str, delta: dict[str, Any]
+) -> tuple[DataConfig, ModelConfig, ObjectiveConfig, TrainConfig]:
+    d = split_sections(
+        merge_run_config(load_preset("pretrain", preset), delta), ("data", "model", "objective", "train")
+    )
+    return (section(DataConfig, d, "data"), section(ModelConfig, d, "model"),
+            section(ObjectiveConfig, d, "objective"), TrainConfig.from_dict(d.get("train", {})))
 
 
 def backbone_spec(model: ModelConfig, fs: Any, max_particles: int) -> dict[str, Any]:
-    return {"hepfm_version": __version__, "backbone": {"name": model.backbone, "options": model.backbone_options,
-                                                      "in_features": fs.dim},
-            "features": fs.to_dict(), "max_particles": max_particles}
+    return {
+        "hepfm_version": __version__,
+        "backbone": {"name": model.backbone, "options": model.backbone_options, "in_features": fs.dim},
+        "features": fs.to_dict(),
+        "max_particles": max_particles,
+    }
 
 
 def pretrain(preset: str, delta: dict[str, Any], out: str | Path, *, restart: bool = False,
@@ -58,22 +65,27 @@ def pretrain(preset: str, delta: dict[str, Any], out: str | Path, *, restart: bo
             options.setdefault("num_classes", len(d.class_names))
         bb_spec = backbone_spec(model, fs, data.max_particles)
         objective = create_objective(
-            obj_cfg.name, lambda: create_backbone(model.backbone, fs.dim, **model.backbone_options), fs, options,
-            max_particles=data.max_particles)
+            obj_cfg.name, lambda: create_backbone(model.backbone, fs.dim, **model.backbone_options), fs,
+            options, max_particles=data.max_particles)
         if not resuming(out):  # data-dependent set-up (e.g. MPM's codebook); a resume restores it instead
             objective.prepare(itertools.islice(iter(d.train), max(1, PREPARE_JETS // data.batch_size)))
 
         spec = {"objective": obj_cfg.name, "objective_options": options, **bb_spec}
-        resolved = {"data": asdict(data), "model": asdict(model), "objective": {"name": obj_cfg.name, "options": options},
-                    "train": tcfg.to_dict()}
+        resolved = {"data": asdict(data), "model": asdict(model),
+                    "objective": {"name": obj_cfg.name, "options": options}, "train": tcfg.to_dict()}
         n_params = sum(p.numel() for p in objective.export_backbone().parameters())
-        write_run_header(out, resolved, preset, d.train_sources, d.val_sources, n_backbone_parameters=n_params)
+        write_run_header(
+            out, resolved, preset, d.train_sources, d.val_sources, n_backbone_parameters=n_params
+        )
         trainer = Trainer(objective, tcfg, out, spec)
         res = trainer.fit(d.train, d.val, progress=progress)
         # export the selected backbone (best on validation loss, or the final one without --val)
         _, state, file = ckpt.read_weights(out / "best")
         ckpt.load_state_into(objective, state, file)
-        ckpt.save_weights(out / "backbone", objective.export_backbone(), bb_spec | {"pretrained_with": obj_cfg.name})
-        summary = asdict(res) | {"run_dir": str(out), "n_backbone_parameters": n_params, "objective": obj_cfg.name}
+        ckpt.save_weights(
+            out / "backbone", objective.export_backbone(), bb_spec | {"pretrained_with": obj_cfg.name}
+        )
+        summary = asdict(res) | {"run_dir": str(out), "n_backbone_parameters": n_params,
+                                 "objective": obj_cfg.name}
         write_json_atomic(out / "train_summary.json", summary)
     return summary

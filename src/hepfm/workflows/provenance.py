@@ -26,22 +26,20 @@ RESUME_FREE = frozenset({"train.device", "train.num_workers", "train.tensorboard
                          "train.max_steps", "train.max_epochs", "train.max_minutes", "train.log_every",
                          "train.eval_every", "train.ckpt_every"})
 #: What a run writes into its directory (``--restart`` removes exactly these, nothing else).
-RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "metrics.csv", "tensorboard", "best.safetensors", "best.json",
-               "backbone.safetensors", "backbone.json", "train_summary.json", "config.yaml", "provenance.json",
-               "eval", "embed")
+RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "metrics.csv", "tensorboard", "best.safetensors",
+               "best.json", "backbone.safetensors", "backbone.json", "train_summary.json", "config.yaml",
+               "provenance.json", "eval", "embed")
 
 
 def versions() -> dict[str, str]:
     out = {"hepfm": __version__, "python": platform.python_version(), "platform": platform.platform()}
     for pkg in ("torch", "numpy", "h5py", "uproot", "awkward", "scikit-learn", "pythia8mc", "fastjet"):
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
     try:
         root = Path(__file__).resolve().parents[3]
-        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             check=False)
+        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5, check=False)
         if sha.returncode == 0:
             out["git_commit"] = sha.stdout.strip()
     except (OSError, subprocess.SubprocessError):
@@ -60,8 +58,11 @@ def data_provenance(sources: list[Any]) -> list[dict[str, Any]]:
             entry |= {"bytes": st.st_size, "mtime": int(st.st_mtime), "sha256_head_tail": file_identity(p)}
         meta = getattr(s, "metadata", None)
         if isinstance(meta, dict) and meta:
-            entry["metadata"] = {k: meta[k] for k in ("generator", "dataset", "seed", "class_counts", "detector",
-                                                      "labeled", "versions") if k in meta}
+            entry["metadata"] = {
+                k: meta[k]
+                for k in ("generator", "dataset", "seed", "class_counts", "detector", "labeled", "versions")
+                if k in meta
+            }
         out.append(entry)
     return out
 
@@ -101,7 +102,9 @@ def resuming(out: Path) -> bool:
     return (out / "checkpoints" / "last.pt").exists()
 
 
-def check_resume(out: Path, resolved: dict[str, Any], train_sources: list[Any], val_sources: list[Any]) -> None:
+def check_resume(
+    out: Path, resolved: dict[str, Any], train_sources: list[Any], val_sources: list[Any]
+) -> None:
     """Refuse to continue a run with other settings or other data than it started with (one line naming
     the first difference), so a resumed run is the run its config.yaml and provenance.json describe."""
     if not resuming(out) or not (out / "config.yaml").exists():
@@ -123,7 +126,9 @@ def check_resume(out: Path, resolved: dict[str, Any], train_sources: list[Any], 
         was = [_identity(e) for e in old_data.get(role, [])]
         now = [_identity(e) for e in data_provenance(sources)]
         if any(w[1] is not None for w in was) and was != now:  # older runs recorded no identities
-            changed = next((n[0] for w, n in zip(was, now) if w != n), None) or (now or was)[0][0]
+            changed = (
+                next((n[0] for w, n in zip(was, now, strict=False) if w != n), None) or (now or was)[0][0]
+            )
             raise HepfmInputError(f"cannot resume: the {role} data differ from the run's ({changed}); "
                                   "use --restart to start over, or another --out", out)
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import errno
 import glob
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -117,13 +117,12 @@ def detect_format(path: str | Path) -> str:
         from hepfm.data.formats.hepfm_h5 import is_hepfm_file
         from hepfm.data.formats.toptag_h5 import is_pandas_table
 
-        with read_errors(path, "opening the HDF5 file"):
-            with h5py.File(path, "r") as f:
-                if is_hepfm_file(f):
-                    return "hepfm"
-                if is_pandas_table(f):
-                    return "toptag-h5"
-                keys = sorted(f.keys())
+        with read_errors(path, "opening the HDF5 file"), h5py.File(path, "r") as f:
+            if is_hepfm_file(f):
+                return "hepfm"
+            if is_pandas_table(f):
+                return "toptag-h5"
+            keys = sorted(f.keys())
         raise HepfmInputError(
             "HDF5 file with no known jet layout (expected hepfm attributes or a pandas 'table' key as in "
             f"the Top Tagging dataset); top-level keys: {keys[:10]}",
@@ -133,12 +132,12 @@ def detect_format(path: str | Path) -> str:
 
     from hepfm.data.formats.jetclass_root import TREE, find_tree
 
-    with read_errors(path, "opening the ROOT file", ROOT_ERRORS):
-        with uproot.open(path) as f:
-            tree = find_tree(f)
-            if tree is not None and any(k.startswith("part_") for k in tree.keys()):
-                return "jetclass-root"
-            keys = f.keys()
+    with read_errors(path, "opening the ROOT file", ROOT_ERRORS), uproot.open(path) as f:
+        tree = find_tree(f)
+        # tree.keys(), not tree: iterating an uproot tree yields branches, not names
+        if tree is not None and any(k.startswith("part_") for k in tree.keys()):  # noqa: SIM118
+            return "jetclass-root"
+        keys = f.keys()
     raise HepfmInputError(
         f"ROOT file with no TTree {TREE!r} with part_* branches (JetClass layout); keys: {keys[:10]}", path
     )
@@ -191,7 +190,8 @@ def expand_patterns(patterns: Iterable[str | Path]) -> list[Path]:
     return out
 
 
-def open_sources(patterns: list[str], format: str | None = None, **options: Any) -> list[JetSource]:
+def open_sources(patterns: Sequence[str | Path], format: str | None = None,
+                 **options: Any) -> list[JetSource]:
     """Open every file that ``patterns`` (names or glob patterns) give, in order."""
     paths = expand_patterns(patterns)
     if not paths:

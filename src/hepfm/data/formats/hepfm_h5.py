@@ -465,7 +465,8 @@ class HepfmH5Writer:
     def __exit__(self, exc_type, exc, tb) -> bool:
         """Finish the file, close it once and rename it onto ``path``; on any error (including a
         write error kept by :class:`DeferredErrorFile`) remove the temporary file instead."""
-        assert self._stack is not None and self._f is not None
+        assert self._stack is not None
+        assert self._f is not None
         stack, self._stack = self._stack, None
         if exc_type is None:
             try:

@@ -53,6 +53,7 @@ from __future__ import annotations
 import json
 from collections.abc import Collection, Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -94,7 +95,7 @@ DEFAULT_BASKET_JETS = 8192
 CACHE_BYTES = 64 * 1024 * 1024
 
 
-def _scalar_branch(branch) -> bool:  # noqa: ANN001
+def _scalar_branch(branch) -> bool:
     """True if an uproot branch holds one number per entry."""
     import uproot
 
@@ -102,7 +103,7 @@ def _scalar_branch(branch) -> bool:  # noqa: ANN001
     return isinstance(interp, uproot.interpretation.numerical.AsDtype) and interp.to_dtype.shape == ()
 
 
-def _jagged_parts(arr) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
+def _jagged_parts(arr) -> tuple[np.ndarray, np.ndarray]:
     """(offsets from 0, flat content) of a jagged awkward array, without copying the content."""
     import awkward as ak
 
@@ -117,7 +118,7 @@ def _jagged_parts(arr) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
     return off, ak.to_numpy(ak.flatten(arr, axis=1))
 
 
-def _flat_numpy(arr) -> np.ndarray:  # noqa: ANN001
+def _flat_numpy(arr) -> np.ndarray:
     """A one-number-per-entry awkward array as numpy, without a copy where possible."""
     import awkward as ak
 
@@ -130,7 +131,7 @@ def _flat_numpy(arr) -> np.ndarray:  # noqa: ANN001
 class _Decoded:
     """Flat arrays of the entries ``[lo, hi)`` of some branches: jagged ones as (offsets, content)."""
 
-    __slots__ = ("lo", "hi", "jagged", "scalar", "nbytes")
+    __slots__ = ("hi", "jagged", "lo", "nbytes", "scalar")
 
     def __init__(self, lo: int, hi: int, jagged: dict, scalar: dict) -> None:
         self.lo, self.hi, self.jagged, self.scalar = lo, hi, jagged, scalar
@@ -157,7 +158,7 @@ class _Decoded:
         return _Decoded(start, stop, out_j, out_s)
 
 
-def find_tree(f):  # noqa: ANN001, ANN201
+def find_tree(f):
     """The JetClass TTree of an open uproot file, or None."""
     if TREE not in f:
         return None
@@ -191,12 +192,12 @@ class JetClassRootSource(ValidatingSource):
         with read_errors(self.path, "reading the JetClass ROOT layout", ROOT_ERRORS):
             self._init_layout()
 
-    def _open(self):  # noqa: ANN202
+    def _open(self):
         import uproot
 
         return uproot.open(self.path)
 
-    def _tree(self):  # noqa: ANN202
+    def _tree(self):
         f = self._file()
         tree = find_tree(f)
         if tree is None:
@@ -216,7 +217,8 @@ class JetClassRootSource(ValidatingSource):
                 raise HepfmInputError(f"missing branch {b}", self.path)
         self._particle_fields = [k for k in READ_PARTICLE_FIELDS if f"part_{k}" in names]
         # label_* branches in file order (scalar ones only)
-        in_file = [k for k in tree.keys() if k.startswith("label_") and _scalar_branch(tree[k])]
+        # tree.keys(), not tree: iterating an uproot tree yields branches, not names
+        in_file = [k for k in tree.keys() if k.startswith("label_") and _scalar_branch(tree[k])]  # noqa: SIM118
         file_classes = [k[len("label_") :] for k in in_file]
         if not file_classes:
             classes: tuple[str, ...] = ()
@@ -353,7 +355,7 @@ class JetClassRootSource(ValidatingSource):
         cols = np.empty((m, 4), dtype=np.float32)
         for c, b in enumerate(MOMENTUM_BRANCHES):
             cols[:, c] = flat[b]
-        p4 = np.zeros((n * n_slots, 4), dtype=np.float32)
+        p4: np.ndarray = np.zeros((n * n_slots, 4), dtype=np.float32)
         _rows(p4)[dst] = _rows(cols)
         p4 = p4.reshape(n, n_slots, 4)
         mask = np.arange(n_slots)[None, :] < kept[:, None]
@@ -420,10 +422,10 @@ def _pid_flags(pid: np.ndarray, charge: np.ndarray) -> dict[str, np.ndarray]:
 
 
 class _JetClassTreeWriter:
-    def __init__(self, f, basket_jets: int) -> None:  # noqa: ANN001
+    def __init__(self, f, basket_jets: int) -> None:
         self.f = f
         self.basket_jets = basket_jets
-        self.tree = None
+        self.tree: Any = None  # an uproot WritableTree, made on the first write
         self.buffer: list[JetChunk] = []
         self.buffered = 0
         self.labeled: bool | None = None
@@ -506,7 +508,7 @@ class _JetClassTreeWriter:
             jets[name] = v.astype(np.float32) if b.startswith("jet_") else v
         # particles, flattened to the real ones
         p4 = chunk.p4[mask]
-        pt, eta, phi = pt_eta_phi(p4.astype(np.float64))
+        _pt, eta, phi = pt_eta_phi(p4.astype(np.float64))
         row = np.repeat(np.arange(len(chunk)), npart)
         jet_eta = jets["jet_eta"].astype(np.float64)[row]
         jet_phi = jets["jet_phi"].astype(np.float64)[row]
@@ -567,19 +569,18 @@ def write_jetclass(
 
     from hepfm.data.formats.hepfm_h5 import dumps_metadata
 
-    with atomic_path(path, suffix=".root") as tmp:
-        with uproot.recreate(tmp) as f:
-            w = _JetClassTreeWriter(f, basket_jets)
-            for chunk in chunks:
-                w.add(chunk)
-            w.flush()
-            if w.tree is None:
-                raise HepfmInputError("nothing to write: no jets", path)
-            meta = dict(metadata or {})
-            meta["zero_filled_branches"] = sorted(w.zero_filled)
-            if w.derived_flags:
-                meta["pid_flags_derived_from"] = "pid and charge"
-            if w.dropped:
-                meta["dropped_jet_fields"] = sorted(w.dropped)
-            f[METADATA_KEY] = dumps_metadata(meta)
+    with atomic_path(path, suffix=".root") as tmp, uproot.recreate(tmp) as f:
+        w = _JetClassTreeWriter(f, basket_jets)
+        for chunk in chunks:
+            w.add(chunk)
+        w.flush()
+        if w.tree is None:
+            raise HepfmInputError("nothing to write: no jets", path)
+        meta = dict(metadata or {})
+        meta["zero_filled_branches"] = sorted(w.zero_filled)
+        if w.derived_flags:
+            meta["pid_flags_derived_from"] = "pid and charge"
+        if w.dropped:
+            meta["dropped_jet_fields"] = sorted(w.dropped)
+        f[METADATA_KEY] = dumps_metadata(meta)
     return w.n

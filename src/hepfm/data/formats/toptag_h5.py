@@ -60,7 +60,7 @@ _PARTICLE_COL = re.compile(r"^(E|PX|PY|PZ)_(\d+)$")
 class _NoGlobalsUnpickler(pickle.Unpickler):
     """Unpickles plain containers of strings/numbers only: any class or function lookup is refused."""
 
-    def find_class(self, module: str, name: str):  # noqa: ANN201
+    def find_class(self, module: str, name: str):
         raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a file attribute")
 
 
@@ -299,9 +299,9 @@ class TopTagH5Source(ValidatingSource):
             jets = {name: np.asarray(column(name)).copy() for name in jet_columns}
             if self._tail:  # the cap's dropped slots: whole-jet sums if any of them is occupied
                 tail = np.zeros((n, 4), dtype=np.float64)
-                for src, parts in self._tail.items():
+                for src, tail_parts in self._tail.items():
                     vals = block(src)
-                    for c, cols in parts:
+                    for c, cols in tail_parts:
                         tail[:, c] = vals[:, cols].sum(axis=1, dtype=np.float64)
                 if tail.any():
                     jets[FULL_JET_P4] = p4.sum(axis=1, dtype=np.float64) + tail
