@@ -44,11 +44,12 @@ def resolved(command: str, delta: dict) -> dict:
 def test_every_flag_reaches_its_config_key(command):
     parser = argparse.ArgumentParser()
     add_config_flags(parser, command)
+    flags = [f for f in FLAGS[command] if f.flag != "--epochs"]  # --epochs and --steps exclude each other
     argv = []
-    for f in FLAGS[command]:
+    for f in flags:
         argv += [f.flag] if f.kind == "switch" else [f.flag, STRINGS.get(f.flag) or VALUES[f.kind]]
     flat = resolved(command, config_delta(parser.parse_args(argv), command))
-    for f in FLAGS[command]:
+    for f in flags:
         want = {"int": 7, "float": 0.5, "files": ["x.h5"], "switch": True}.get(f.kind, STRINGS.get(f.flag))
         got = flat[f.key]
         assert (list(got) if f.kind == "files" else got) == want, f.flag
@@ -92,3 +93,17 @@ def test_help_lists_what_the_registries_hold(capsys):
         main(["finetune", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert all(name in text for name in HEADS.names())
+
+
+@pytest.mark.parametrize(("flags", "steps", "epochs"), [
+    ([], None, 20),  # the preset's budget: epochs, with early stopping and a time guard
+    (["--steps", "5"], 5, None),  # exactly 5 steps, whatever the preset's epoch budget
+    (["--epochs", "3"], None, 3),
+    (["--epochs", "3", "-o", "train.max_steps=50"], 50, 3),  # both: the smaller applies
+])
+def test_the_budget_flag_given_is_the_budget(flags, steps, epochs):
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser, "train")
+    args = parser.parse_args(["--data", "a.h5", "--val", "b.h5", *flags])
+    flat = resolved("train", config_delta(args, "train"))
+    assert (flat["train.max_steps"], flat["train.max_epochs"]) == (steps, epochs)

@@ -18,13 +18,16 @@ from hepfm.training.config import apply_overrides
 
 @dataclass(frozen=True)
 class ConfigFlag:
-    """``--flag`` -> ``key``. ``kind``: str, int, float, files (one or more, globs allowed) or switch."""
+    """``--flag`` -> ``key``. ``kind``: str, int, float, files (one or more, globs allowed) or switch.
+    ``clears``: keys the flag sets to null, so that the budget a user names is the one that applies
+    (``--steps N`` is exactly N steps, whatever epoch budget the preset has)."""
 
     flag: str
     key: str
     help: str | None = None
     kind: str = "str"
     required: bool = False
+    clears: tuple[str, ...] = ()
 
     @property
     def dest(self) -> str:
@@ -40,7 +43,10 @@ DATA = ConfigFlag("--data", "data.train", "training files (globs allowed)", "fil
 VAL = ConfigFlag("--val", "data.val", "validation files (model selection only)", "files", required=True)
 BACKBONE = ConfigFlag("--backbone", "model.backbone", "one of {backbones}")
 FEATURES = ConfigFlag("--features", "data.features", "one of {features}")
-STEPS = ConfigFlag("--steps", "train.max_steps", "optimizer steps", "int")
+STEPS = ConfigFlag("--steps", "train.max_steps", "train exactly this many optimizer steps (no epoch budget)",
+                   "int", clears=("train.max_epochs",))
+EPOCHS = ConfigFlag("--epochs", "train.max_epochs", "train this many passes over the training data (no step "
+                    "budget)", "int", clears=("train.max_steps",))
 BATCH_SIZE = ConfigFlag("--batch-size", "data.batch_size", None, "int")
 LR = ConfigFlag("--lr", "train.optim.lr", None, "float")
 MAX_PARTICLES = ConfigFlag(
@@ -56,16 +62,16 @@ HEADS = "one of {heads}"
 
 #: Subcommand -> the config flags it offers, in --help order.
 FLAGS: dict[str, tuple[ConfigFlag, ...]] = {
-    "train": (DATA, VAL, BACKBONE, ConfigFlag("--head", "model.head", HEADS), FEATURES, STEPS, BATCH_SIZE, LR,
-              MAX_PARTICLES, N_TRAIN, SEED, DEVICE, STREAMING, SKIP_BAD),
+    "train": (DATA, VAL, BACKBONE, ConfigFlag("--head", "model.head", HEADS), FEATURES, STEPS, EPOCHS,
+              BATCH_SIZE, LR, MAX_PARTICLES, N_TRAIN, SEED, DEVICE, STREAMING, SKIP_BAD),
     "pretrain": (ConfigFlag("--objective", "objective.name", "one of {objectives}", required=True),
                  DATA,
                  replace(VAL, help="validation files (selects the exported backbone on validation loss)",
                          required=False),
-                 BACKBONE, FEATURES, STEPS, BATCH_SIZE, LR, MAX_PARTICLES, N_TRAIN, SEED, DEVICE, STREAMING,
-                 SKIP_BAD),
+                 BACKBONE, FEATURES, STEPS, EPOCHS, BATCH_SIZE, LR, MAX_PARTICLES, N_TRAIN, SEED, DEVICE,
+                 STREAMING, SKIP_BAD),
     "finetune": (replace(DATA, help="labeled training files (globs allowed)"), VAL,
-                 ConfigFlag("--head", "head.name", HEADS), STEPS, BATCH_SIZE, LR,
+                 ConfigFlag("--head", "head.name", HEADS), STEPS, EPOCHS, BATCH_SIZE, LR,
                  ConfigFlag("--backbone-lr-scale", "finetune.backbone_lr_scale",
                             "learning-rate multiplier of the pretrained backbone (--mode finetune)", "float"),
                  SEED, DEVICE, SKIP_BAD),
@@ -90,5 +96,6 @@ def config_delta(args: argparse.Namespace, command: str) -> dict[str, Any]:
         value = getattr(args, f.dest)
         if value is None or (f.kind == "switch" and not value):
             continue
+        items += [f"{key}=null" for key in f.clears]
         items.append(f"{f.key}={json.dumps(value)}")
     return apply_overrides({}, items + list(args.overrides))
