@@ -161,7 +161,7 @@ def test_wrong_inputs_raise_clear_errors(name: str, jets: ParticleBatch) -> None
 def test_registry_errors_and_overrides() -> None:
     with pytest.raises(HepfmInputError, match="did you mean part"):
         create_backbone("partt", F_IN)
-    with pytest.raises(HepfmInputError, match="no option"):
+    with pytest.raises(HepfmInputError, match=r"unknown option model\.backbone_options\.num_layers"):
         create_backbone("pfn-small", F_IN, num_layers=3)
     model = create_backbone("part-small", F_IN, embed_dims=[16, 16], num_layers=1)  # YAML lists
     assert model.config.embed_dims == (16, 16)

@@ -15,6 +15,7 @@ import difflib
 import math
 import types
 import typing
+from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar
 
 from hepfm.errors import HepfmInputError
@@ -31,15 +32,22 @@ def from_dict(cls: type[T], d: dict[str, Any] | T | None, where: str) -> T:
     if not isinstance(d, dict):
         raise HepfmInputError(f"{where}: expected a mapping of options, got {d!r}")
     hints = typing.get_type_hints(cls)
-    known = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
-    unknown = sorted(set(d) - set(known))
+    check_known(d, [f.name for f in dataclasses.fields(cls)], where)  # type: ignore[arg-type]
+    kwargs = {name: coerce(value, hints[name], f"{where}.{name}") for name, value in d.items()}
+    return cls(**kwargs)
+
+
+def check_known(keys: Iterable[str], known: Sequence[str], where: str, what: str = "option") -> None:
+    """Refuse the first key not in ``known``: ``unknown option train.eval_evry; did you mean
+    train.eval_every?`` (or the list of known keys when none is close). Every options mapping in hepfm
+    is checked here, so the message is the same everywhere."""
+    unknown = sorted(set(keys) - set(known))
     if unknown:
         key = unknown[0]
         close = difflib.get_close_matches(key, known, n=1)
-        hint = f"; did you mean {where}.{close[0]}?" if close else f" (options: {', '.join(known)})"
-        raise HepfmInputError(f"unknown option {where}.{key}{hint}")
-    kwargs = {name: coerce(value, hints[name], f"{where}.{name}") for name, value in d.items()}
-    return cls(**kwargs)
+        prefix = f"{where}." if where else ""
+        hint = f"; did you mean {prefix}{close[0]}?" if close else f" ({what}s: {', '.join(known)})"
+        raise HepfmInputError(f"unknown {what} {prefix}{key}{hint}")
 
 
 def coerce(value: Any, tp: Any, key: str) -> Any:

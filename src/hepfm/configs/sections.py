@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hepfm.errors import HepfmInputError
-from hepfm.options import from_dict, require
+from hepfm.options import check_known, from_dict, require
 
 
 @dataclass
@@ -76,11 +76,7 @@ class ObjectiveConfig:
 
 def split_sections(d: dict[str, Any], allowed: tuple[str, ...]) -> dict[str, Any]:
     """The config's sections, refusing any section a workflow does not have."""
-    unknown = sorted(set(d) - set(allowed))
-    if unknown:
-        raise HepfmInputError(
-            f"unknown config section(s): {', '.join(unknown)} (sections: {', '.join(allowed)})"
-        )
+    check_known(d, allowed, "", what="config section")
     for name, value in d.items():
         if not isinstance(value, dict):
             raise HepfmInputError(f"config section {name!r} must be a mapping, got {value!r}")

@@ -24,10 +24,10 @@ import torch
 from torch import nn
 
 from hepfm.contracts import BackboneOutput
-from hepfm.errors import HepfmInputError
 from hepfm.nn.backbone import Backbone
 from hepfm.nn.blocks import NormFormerBlock, mlp
 from hepfm.nn.pooling import masked_mean, real_first
+from hepfm.options import check_known
 from hepfm.registry import Registry
 
 
@@ -215,10 +215,7 @@ def create_head(name: str, embed_dim: int, num_classes: int, **kw: Any) -> Head:
     """
     cls = HEADS.get(name)
     params = inspect.signature(cls.__init__).parameters
-    unknown = sorted(set(kw) - set(params))
-    if unknown:
-        known = [p for p in params if p not in ("self", "embed_dim", "num_classes")]
-        raise HepfmInputError(f"head {name!r} has no option(s) {unknown} (options: {known})")
+    check_known(kw, [p for p in params if p not in ("self", "embed_dim", "num_classes")], "head.options")
     return cls(embed_dim, num_classes, **kw)
 
 

@@ -23,7 +23,6 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from hepfm.errors import HepfmInputError
 from hepfm.models.particle_net import ParticleNet, ParticleNetConfig
 from hepfm.models.particle_transformer import (
     ParticleTransformer,
@@ -34,6 +33,7 @@ from hepfm.models.particle_transformer import (
 from hepfm.models.pfn import ParticleFlowNetwork, PFNConfig
 from hepfm.models.transformer import Transformer, TransformerConfig
 from hepfm.nn.backbone import Backbone
+from hepfm.options import check_known
 from hepfm.registry import Registry
 
 
@@ -103,10 +103,7 @@ def backbone_config(name: str, **overrides: Any) -> Any:
         HepfmInputError: unknown preset or option.
     """
     preset = BACKBONES.get(name)
-    known = [f.name for f in dataclasses.fields(preset.config)]
-    unknown = sorted(set(overrides) - set(known))
-    if unknown:
-        raise HepfmInputError(f"backbone {name!r} has no option(s) {unknown} (options: {known})")
+    check_known(overrides, [f.name for f in dataclasses.fields(preset.config)], "model.backbone_options")
     return dataclasses.replace(preset.config, **{k: _as_tuples(v) for k, v in overrides.items()})
 
 
