@@ -239,8 +239,8 @@ def make_newer_schema(tmp: Path) -> Path:
 
 CASES = {
     "missing file": (make_missing, ["file not found"]),
-    "text file": (make_text, ["not an HDF5 or ROOT file"]),
-    "random bytes": (make_random_bytes, ["not an HDF5 or ROOT file"]),
+    "text file": (make_text, ["not an HDF5, ROOT or Parquet file"]),
+    "random bytes": (make_random_bytes, ["not an HDF5, ROOT or Parquet file"]),
     "empty file": (make_empty, ["file is empty"]),
     "truncated hepfm": (make_truncated("hepfm"), ["truncated or corrupted"]),
     "truncated top": (make_truncated("toptag-h5"), ["truncated or corrupted"]),
@@ -251,7 +251,7 @@ CASES = {
     "corrupted top": (make_corrupted("toptag-h5"), ["jet ", "more bad jets"]),
     "corrupted jetclass": (make_corrupted("jetclass-root"), ["truncated or corrupted"]),
     "unknown hdf5 layout": (make_unknown_hdf5, ["no known jet layout"]),
-    "root without tree": (make_root_without_tree, ["no TTree 'tree'"]),
+    "root without tree": (make_root_without_tree, ["no TTree or RNTuple 'tree'", "holds: h (TH1D)"]),
     "missing column PX_3": (make_missing_column, ["missing column PX_3"]),
     "missing branch part_px": (make_missing_branch, ["missing branch part_px"]),
     "missing branch label_Tbl": (make_missing_label_branch, ["missing branch label_Tbl"]),

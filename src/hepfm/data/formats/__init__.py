@@ -8,11 +8,14 @@ Formats (registry names):
 ``toptag-h5``
     The Top Quark Tagging reference dataset: a pandas ``to_hdf(key="table")`` file.
 ``jetclass-root``
-    The JetClass dataset: a ROOT TTree ``tree`` with ``part_*``/``label_*``/``jet_*`` branches.
+    The JetClass dataset: a ROOT TTree (or RNTuple) ``tree`` with ``part_*``/``label_*``/``jet_*``
+    branches.
+``jetclass-parquet``
+    The same columns in a Parquet file (jagged ``part_*`` list columns), read with pyarrow.
 
-The format of a file is decided from its content, never from its extension: HDF5 and ROOT by their
-magic bytes, then by structure (hepfm attributes, a pandas ``table`` key, a TTree ``tree`` with
-``part_*`` branches).
+The format of a file is decided from its content, never from its extension: HDF5, ROOT and Parquet
+by their magic bytes, then by structure (hepfm attributes, a pandas ``table`` key, a TTree or RNTuple
+``tree`` with ``part_*`` branches, ``part_*`` Parquet columns).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any
 
 from hepfm.data.formats.base import ArraySource, JetSource
 from hepfm.data.formats.hepfm_h5 import HepfmH5Source, HepfmH5Writer, write_hepfm
+from hepfm.data.formats.jetclass_parquet import JetClassParquetSource, write_jetclass_parquet
 from hepfm.data.formats.jetclass_root import JetClassRootSource, write_jetclass
 from hepfm.data.formats.toptag_h5 import TopTagH5Source, write_toptag
 from hepfm.data.jets import JetChunk
@@ -39,6 +43,7 @@ __all__ = [
     "ArraySource",
     "HepfmH5Source",
     "HepfmH5Writer",
+    "JetClassParquetSource",
     "JetClassRootSource",
     "JetSource",
     "TopTagH5Source",
@@ -54,20 +59,23 @@ FORMATS: Registry[type] = Registry("data format")
 FORMATS.add("hepfm", HepfmH5Source)
 FORMATS.add("toptag-h5", TopTagH5Source)
 FORMATS.add("jetclass-root", JetClassRootSource)
+FORMATS.add("jetclass-parquet", JetClassParquetSource)
 
 #: Format name -> writer ``fn(path, chunks, metadata, **options) -> jets written``.
 WRITERS: Registry[Callable[..., int]] = Registry("output format")
 WRITERS.add("hepfm", write_hepfm)
 WRITERS.add("toptag-h5", write_toptag)
 WRITERS.add("jetclass-root", write_jetclass)
+WRITERS.add("jetclass-parquet", write_jetclass_parquet)
 
 #: Write errors that mean "no room": disk full, quota, file-size limit.
 _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 #: The container each built-in format lives in.
-_CONTAINERS = {"hepfm": "hdf5", "toptag-h5": "hdf5", "jetclass-root": "root"}
-_ARTICLE = {"hdf5": "an HDF5", "root": "a ROOT"}
+_CONTAINERS = {"hepfm": "hdf5", "toptag-h5": "hdf5", "jetclass-root": "root", "jetclass-parquet": "parquet"}
+_ARTICLE = {"hdf5": "an HDF5", "root": "a ROOT", "parquet": "a Parquet"}
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 ROOT_MAGIC = b"root"
+PARQUET_MAGIC = b"PAR1"
 #: HDF5 files may start with a user block of 512, 1024, 2048, ... bytes before the signature.
 _HDF5_OFFSETS = (0, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
 
@@ -82,7 +90,7 @@ def _check_file(path: Path) -> None:
 
 
 def _sniff(path: Path) -> str:
-    """'hdf5', 'root', or raise: the container type from the magic bytes."""
+    """'hdf5', 'root', 'parquet', or raise: the container type from the magic bytes."""
     try:
         size = path.stat().st_size
         with open(path, "rb") as fh:
@@ -91,6 +99,8 @@ def _sniff(path: Path) -> str:
                 raise HepfmInputError("file is empty", path)
             if head[:4] == ROOT_MAGIC:
                 return "root"
+            if head[:4] == PARQUET_MAGIC:
+                return "parquet"
             for off in _HDF5_OFFSETS:
                 if off + 8 > size:
                     break
@@ -100,8 +110,8 @@ def _sniff(path: Path) -> str:
     except OSError as err:
         raise HepfmInputError(f"cannot read file: {one_line(err)}", path) from None
     raise HepfmInputError(
-        f"not an HDF5 or ROOT file (unrecognised content, first bytes {head[:8]!r}); supported formats: "
-        + ", ".join(FORMATS.names()),
+        f"not an HDF5, ROOT or Parquet file (unrecognised content, first bytes {head[:8]!r}); "
+        "supported formats: " + ", ".join(FORMATS.names()),
         path,
     )
 
@@ -128,18 +138,29 @@ def detect_format(path: str | Path) -> str:
             f"the Top Tagging dataset); top-level keys: {keys[:10]}",
             path,
         )
+    if kind == "parquet":
+        from hepfm.data.formats.jetclass_parquet import parquet_columns
+
+        cols = parquet_columns(path)
+        if any(c.startswith("part_") for c in cols):
+            return "jetclass-parquet"
+        raise HepfmInputError(
+            f"Parquet file with no part_* columns (JetClass layout); columns: {cols[:10]}", path
+        )
     import uproot
 
-    from hepfm.data.formats.jetclass_root import TREE, find_tree
+    from hepfm.data.formats.jetclass_root import TREE, describe_root_keys, find_tree
 
     with read_errors(path, "opening the ROOT file", ROOT_ERRORS), uproot.open(path) as f:
         tree = find_tree(f)
         # tree.keys(), not tree: iterating an uproot tree yields branches, not names
         if tree is not None and any(k.startswith("part_") for k in tree.keys()):  # noqa: SIM118
             return "jetclass-root"
-        keys = f.keys()
+        found = describe_root_keys(f)
     raise HepfmInputError(
-        f"ROOT file with no TTree {TREE!r} with part_* branches (JetClass layout); keys: {keys[:10]}", path
+        f"ROOT file with no TTree or RNTuple {TREE!r} with part_* branches (JetClass layout); "
+        f"the file holds: {found}",
+        path,
     )
 
 
@@ -211,7 +232,7 @@ def write_jets(
     The file appears atomically (temporary sibling + rename); on an error no partial file is left,
     and a full disk (or quota, or file-size limit) is an ``OSError`` with its errno naming ``path``.
     ``options`` go to the writer (``max_particles``/``chunk_jets`` for hepfm, ``n_slots`` for
-    toptag-h5, ``basket_jets`` for jetclass-root).
+    toptag-h5, ``basket_jets`` for jetclass-root, ``row_group_jets`` for jetclass-parquet).
     """
     writer = WRITERS.get(format)
     path = Path(path).expanduser()

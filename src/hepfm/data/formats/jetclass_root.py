@@ -1,6 +1,7 @@
 """The JetClass ROOT layout (Qu, Li, Qian, arXiv:2202.03772), read and written with uproot.
 
-One TTree ``tree``, one entry per jet. Branches (as in the official files, ``tree.show()`` of
+One TTree ``tree``, one entry per jet (or the same layout stored as an RNTuple ``tree``, read
+alike: fields for branches, clusters for baskets). Branches (as in the official files, ``tree.show()`` of
 ``JetClass_example_100k.root`` in jet-universe/particle_transformer ``notebooks/JetClass101.ipynb``):
 
 * jagged per particle: ``part_px, part_py, part_pz, part_energy, part_deta, part_dphi, part_d0val,
@@ -11,7 +12,9 @@ One TTree ``tree``, one entry per jet. Branches (as in the official files, ``tre
   jet_nparticles, jet_sdmass, jet_tau1..4`` (float) and ``aux_genpart_*``, ``aux_truth_match``
   (float; truth information, ignored by the reader).
 
-Reader: ``part_px/py/pz/energy`` are required (a missing one is an error naming it); the other
+Reader (:class:`JetClassColumnsSource`, shared with the Parquet reader of
+:mod:`~hepfm.data.formats.jetclass_parquet`, over a :class:`ColumnTable`): ``part_px/py/pz/energy``
+are required (a missing one is an error naming it); the other
 ``part_*`` fields of :data:`~hepfm.data.jets.PARTICLE_FIELDS` are read if present and asked for
 (``read(start, stop, fields)``; float32, ``pid`` int32), so a ``kin`` read decompresses only the
 four momentum branches and the labels. Particles are sorted by decreasing pT if a jet is not,
@@ -158,18 +161,127 @@ class _Decoded:
         return _Decoded(start, stop, out_j, out_s)
 
 
+#: RNTuple field types that hold one number per entry (uproot's type names).
+_RNTUPLE_SCALARS = frozenset(
+    {"bool", "char", "float", "double"}
+    | {f"std::{u}int{b}_t" for u in ("", "u") for b in (8, 16, 32, 64)}
+)
+#: The JetClass object's classes in a ROOT file: a TTree, or the same layout stored as an RNTuple.
+TREE_CLASSES = ("TTree", "ROOT::RNTuple")
+
+
+class ColumnTable:
+    """The columns of one JetClass-layout table (a ROOT TTree or RNTuple, a Parquet file): what
+    :class:`JetClassColumnsSource` needs from a container. Subclasses fill ``names`` (file order)
+    and ``num_entries``."""
+
+    names: list[str]
+    num_entries: int
+
+    def is_scalar(self, name: str) -> bool:  # pragma: no cover - overridden
+        """True if the column holds one number per entry."""
+        raise NotImplementedError
+
+    def layout(self, names: tuple[str, ...]) -> tuple[np.ndarray, float]:  # pragma: no cover
+        """Entry numbers where the compression units (baskets, clusters, row groups) of all ``names``
+        start together (0 ... n), and the decoded bytes per entry of those columns."""
+        raise NotImplementedError
+
+    def decode(
+        self, start: int, stop: int, jagged: list[str], scalar: list[str]
+    ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, np.ndarray]]:  # pragma: no cover
+        """Entries ``[start, stop)``: jagged columns as (offsets from 0, flat content), scalar ones as
+        numpy arrays."""
+        raise NotImplementedError
+
+
+class _UprootTable(ColumnTable):
+    """A TTree or an RNTuple, read with uproot (both have ``keys``, ``num_entries``, ``arrays``)."""
+
+    def __init__(self, obj) -> None:
+        self.obj = obj
+        # obj.keys(), not obj: iterating an uproot tree yields branches, not names
+        self.names = list(obj.keys())
+        self.num_entries = int(obj.num_entries)
+
+    def decode(self, start, stop, jagged, scalar):
+        arrays = self.obj.arrays(
+            [*jagged, *scalar], entry_start=start, entry_stop=stop, library="ak", how=dict, array_cache=None
+        )
+        for name in (*jagged, *scalar):
+            if len(arrays[name]) != stop - start:
+                raise HepfmInputError(f"read {len(arrays[name])} entries of {name} for jets {start}-{stop}")
+        return (
+            {name: _jagged_parts(arrays[name]) for name in jagged},
+            {name: _flat_numpy(arrays[name]) for name in scalar},
+        )
+
+
+class _TTreeTable(_UprootTable):
+    def is_scalar(self, name: str) -> bool:
+        return _scalar_branch(self.obj[name])
+
+    def layout(self, names):
+        bounds = np.asarray(self.obj.common_entry_offsets(filter_name=list(names)), dtype=np.int64)
+        per_entry = sum(self.obj[b].uncompressed_bytes for b in names) / max(self.num_entries, 1) + 8.0
+        return bounds, per_entry
+
+
+class _RNTupleTable(_UprootTable):
+    """An RNTuple: uproot decompresses whole clusters, so the cluster starts are the boundaries."""
+
+    #: decoded bytes per entry assumed for a jagged field before one has been read (~100 particles)
+    JAGGED_GUESS = 400.0
+
+    def __init__(self, obj) -> None:
+        super().__init__(obj)
+        self._types = dict(obj.typenames())
+        self._learned: dict[str, float] = {}
+
+    def is_scalar(self, name: str) -> bool:
+        return self._types.get(name) in _RNTUPLE_SCALARS
+
+    def layout(self, names):
+        starts = [int(c.num_first_entry) for c in self.obj.cluster_summaries]
+        bounds = np.asarray(sorted({*starts, self.num_entries}), dtype=np.int64)
+        per_entry = 8.0 + sum(
+            self._learned.get(b, 8.0 if self.is_scalar(b) else self.JAGGED_GUESS) for b in names
+        )
+        return bounds, per_entry
+
+    def decode(self, start, stop, jagged, scalar):
+        j, s = super().decode(start, stop, jagged, scalar)
+        n = max(stop - start, 1)
+        for name, (off, content) in j.items():
+            self._learned[name] = (off.nbytes + content.nbytes) / n
+        for name, v in s.items():
+            self._learned[name] = v.nbytes / n
+        return j, s
+
+
 def find_tree(f):
-    """The JetClass TTree of an open uproot file, or None."""
+    """The JetClass TTree (or RNTuple) ``tree`` of an open uproot file, or None."""
     if TREE not in f:
         return None
     classname = f.classname_of(TREE)
-    if classname != "TTree":
+    if classname not in TREE_CLASSES:
         return None
     return f[TREE]
 
 
-class JetClassRootSource(ValidatingSource):
-    """Reader of JetClass ROOT files.
+def describe_root_keys(f, limit: int = 10) -> str:
+    """The objects of an open uproot file as ``name (class), ...`` (at most ``limit``)."""
+    items = [f"{k} ({c})" for k, c in f.classnames(recursive=False, cycle=False).items()]
+    if not items:
+        return "nothing (no objects)"
+    more = f", ... ({len(items) - limit} more)" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+class JetClassColumnsSource(ValidatingSource):
+    """The JetClass column layout, whatever stores it: ``part_*``/``label_*``/``jet_*`` columns of a
+    :class:`ColumnTable` mapped to a :class:`JetChunk` (see the module docstring). Subclasses open
+    the container (``_open``, ``_table``) and read its metadata (``_read_metadata``).
 
     Args:
         path: the file.
@@ -177,7 +289,11 @@ class JetClassRootSource(ValidatingSource):
         validate, skip_bad: see :class:`~hepfm.data.formats.base.ValidatingSource`.
     """
 
-    format = "jetclass-root"
+    #: what a column is called in this container (for error messages)
+    COLUMN = "branch"
+    #: the exceptions of the container's library that mean a corrupted file
+    ERRORS: tuple[type[BaseException], ...] = ROOT_ERRORS
+    LAYOUT = "JetClass ROOT layout"
 
     def __init__(
         self,
@@ -189,44 +305,44 @@ class JetClassRootSource(ValidatingSource):
     ) -> None:
         super().__init__(path, validate=validate, skip_bad=skip_bad)
         self.max_particles = max_particles
-        with read_errors(self.path, "reading the JetClass ROOT layout", ROOT_ERRORS):
+        self._columns: ColumnTable | None = None
+        self._columns_of: object = None
+        with read_errors(self.path, f"reading the {self.LAYOUT}", self.ERRORS):
             self._init_layout()
 
-    def _open(self):
-        import uproot
+    def _table(self) -> ColumnTable:  # pragma: no cover - overridden
+        raise NotImplementedError
 
-        return uproot.open(self.path)
+    def _read_metadata(self) -> dict:
+        return {}
 
-    def _tree(self):
-        f = self._file()
-        tree = find_tree(f)
-        if tree is None:
-            if TREE in f:
-                raise HepfmInputError(
-                    f"key {TREE!r} is a {f.classname_of(TREE)}, not a TTree (JetClass layout)", self.path
-                )
-            raise HepfmInputError(f"no TTree {TREE!r} (JetClass layout); keys: {f.keys()}", self.path)
-        return tree
+    def _cols(self) -> ColumnTable:
+        """The table of the current file handle (rebuilt after a reopen, e.g. in a forked worker)."""
+        handle = self._file()
+        if self._columns is None or self._columns_of is not handle:
+            self._columns = self._table()
+            self._columns_of = handle
+        return self._columns
 
     def _init_layout(self) -> None:
-        f = self._file()
-        tree = self._tree()
-        names = set(tree.keys())
+        table = self._cols()
+        names = set(table.names)
         for b in MOMENTUM_BRANCHES:
             if b not in names:
-                raise HepfmInputError(f"missing branch {b}", self.path)
+                raise HepfmInputError(f"missing {self.COLUMN} {b}", self.path)
         self._particle_fields = [k for k in READ_PARTICLE_FIELDS if f"part_{k}" in names]
-        # label_* branches in file order (scalar ones only)
-        # tree.keys(), not tree: iterating an uproot tree yields branches, not names
-        in_file = [k for k in tree.keys() if k.startswith("label_") and _scalar_branch(tree[k])]  # noqa: SIM118
+        # label_* columns in file order (scalar ones only)
+        in_file = [k for k in table.names if k.startswith("label_") and table.is_scalar(k)]
         file_classes = [k[len("label_") :] for k in in_file]
         if not file_classes:
             classes: tuple[str, ...] = ()
         elif set(file_classes) <= set(JETCLASS_CLASSES):
             missing = [c for c in JETCLASS_CLASSES if c not in file_classes]
             if missing:
+                what = f"{self.COLUMN}es" if self.COLUMN == "branch" else f"{self.COLUMN}s"
                 raise HepfmInputError(
-                    f"missing branch label_{missing[0]} (other JetClass label_* branches exist)", self.path
+                    f"missing {self.COLUMN} label_{missing[0]} (other JetClass label_* {what} exist)",
+                    self.path,
                 )
             classes = JETCLASS_CLASSES
         else:  # another class set written in this layout (e.g. QCD/Top by hepfm): file order
@@ -235,37 +351,32 @@ class JetClassRootSource(ValidatingSource):
         self.class_names = classes
         self._label_branches = [f"label_{c}" for c in classes]
         self._jet_branches = sorted(
-            k for k in names if (k.startswith("jet_") or k.startswith(AUX_PREFIX)) and _scalar_branch(tree[k])
+            k for k in names if (k.startswith("jet_") or k.startswith(AUX_PREFIX)) and table.is_scalar(k)
         )
-        self._n = int(tree.num_entries)
+        self._n = int(table.num_entries)
         self.particle_fields = tuple(self._particle_fields)
         self._cache: _Decoded | None = None
         self._boundaries: dict[tuple[str, ...], tuple[np.ndarray, float]] = {}
-        if METADATA_KEY in f:
-            try:
-                self.metadata = json.loads(str(f[METADATA_KEY]))
-            except (json.JSONDecodeError, TypeError, ValueError):
-                self.metadata = {}
+        self.metadata = self._read_metadata()
 
     def __getstate__(self) -> dict:
         state = super().__getstate__()
         state["_cache"] = None  # per process; never pickled to DataLoader workers
+        state["_columns"] = None
+        state["_columns_of"] = None
         return state
 
     # -- decoding ---------------------------------------------------------------------------------
     def _layout_of(self, branches: tuple[str, ...]) -> tuple[np.ndarray, float]:
-        """Entry numbers where the baskets of all ``branches`` start together (0 ... n), and the
-        decoded bytes per entry of those branches."""
+        """Entry numbers where the compression units of all ``branches`` start together (0 ... n),
+        and the decoded bytes per entry of those branches."""
         key = tuple(sorted(branches))
         if key not in self._boundaries:
-            tree = self._tree()
-            bounds = np.asarray(tree.common_entry_offsets(filter_name=list(key)), dtype=np.int64)
-            per_entry = sum(tree[b].uncompressed_bytes for b in key) / max(self._n, 1) + 8.0
-            self._boundaries[key] = (bounds, per_entry)
+            self._boundaries[key] = self._cols().layout(key)
         return self._boundaries[key]
 
     def _decode(self, start: int, stop: int, jagged: list[str], scalar: list[str]) -> _Decoded:
-        """The flat arrays of ``[start, stop)``: from the cached range, or by decompressing the baskets
+        """The flat arrays of ``[start, stop)``: from the cached range, or by decompressing the units
         that cover it (and caching the whole covered range if it fits in :data:`CACHE_BYTES`)."""
         c = self._cache
         if c is not None and c.covers(start, stop, jagged, scalar):
@@ -280,26 +391,17 @@ class JetClassRootSource(ValidatingSource):
         keep = (hi - lo) * per_entry <= CACHE_BYTES
         a, b = (lo, hi) if keep else (start, stop)
         self._cache = None  # free the previous range before decoding the next one
-        arrays = self._tree().arrays(
-            list(branches), entry_start=a, entry_stop=b, library="ak", how=dict, array_cache=None
-        )
-        for name in branches:
-            if len(arrays[name]) != b - a:
-                raise HepfmInputError(
-                    f"read {len(arrays[name])} entries of {name} for jets {a}-{b}", self.path
-                )
-        dec = _Decoded(
-            a,
-            b,
-            {name: _jagged_parts(arrays[name]) for name in jagged},
-            {name: _flat_numpy(arrays[name]) for name in scalar},
-        )
-        del arrays
+        try:
+            dj, ds = self._cols().decode(a, b, jagged, scalar)
+        except HepfmInputError as err:
+            if err.path is None:
+                raise HepfmInputError(err.problem, self.path) from None
+            raise
+        dec = _Decoded(a, b, dj, ds)
         if not keep:
             return dec
         self._cache = dec
         return dec.slice(start, stop, jagged, scalar)
-
     def _read(
         self, start: int, stop: int, fields: Collection[str] | None, jet_fields: Collection[str] | None
     ) -> JetChunk:
@@ -309,7 +411,7 @@ class JetClassRootSource(ValidatingSource):
         jagged = [*MOMENTUM_BRANCHES, *(f"part_{k}" for k in pfields)]
         scalar = [*self._label_branches, *jet_branches]
         n = stop - start
-        with read_errors(self.path, f"reading jets {start}-{stop}", ROOT_ERRORS):
+        with read_errors(self.path, f"reading jets {start}-{stop}", self.ERRORS):
             dec = self._decode(start, stop, jagged, scalar)
         offsets = dec.jagged["part_px"][0]
         for b in jagged[1:]:
@@ -375,6 +477,53 @@ class JetClassRootSource(ValidatingSource):
         return JetChunk(
             p4=p4, mask=mask, label=label, class_names=self.class_names, particles=particles, jets=jets
         )
+
+
+class JetClassRootSource(JetClassColumnsSource):
+    """Reader of JetClass ROOT files: the layout in a TTree ``tree``, or in an RNTuple ``tree``.
+
+    Args:
+        path: the file.
+        max_particles: slots per jet (default 128; None = the longest jet in each chunk read).
+        validate, skip_bad: see :class:`~hepfm.data.formats.base.ValidatingSource`.
+    """
+
+    format = "jetclass-root"
+
+    def _open(self):
+        import uproot
+
+        return uproot.open(self.path)
+
+    def _tree(self):
+        """The TTree or RNTuple ``tree`` (an error naming what the file holds if there is none)."""
+        f = self._file()
+        tree = find_tree(f)
+        if tree is None:
+            if TREE in f:
+                raise HepfmInputError(
+                    f"key {TREE!r} is a {f.classname_of(TREE)}, not a TTree or RNTuple (JetClass layout)",
+                    self.path,
+                )
+            raise HepfmInputError(
+                f"no TTree or RNTuple {TREE!r} (JetClass layout); the file holds: {describe_root_keys(f)}",
+                self.path,
+            )
+        return tree
+
+    def _table(self) -> ColumnTable:
+        tree = self._tree()
+        return _TTreeTable(tree) if self._file().classname_of(TREE) == "TTree" else _RNTupleTable(tree)
+
+    def _read_metadata(self) -> dict:
+        f = self._file()
+        if METADATA_KEY in f:
+            try:
+                meta = json.loads(str(f[METADATA_KEY]))
+            except (json.JSONDecodeError, TypeError, ValueError):
+                return {}
+            return meta if isinstance(meta, dict) else {}
+        return {}
 
 
 def _jet_key(branch: str) -> str:
