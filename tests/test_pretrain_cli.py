@@ -180,6 +180,7 @@ def test_fewshot_study_table_and_resume(pretrained, toptag_files, tmp_path, caps
     assert "pretraining jetclr:" in (out / "results.md").read_text()
     assert all(t["n_seeds"] == 2 and t["n_labels"] == 40 for t in table.values())
     assert "| 40 | jetclr | finetune | 2 |" in (out / "results.md").read_text()
+    assert " ± " in (out / "results.md").read_text()  # two seeds: a spread
     stamp = (
         (out / "finetune" / "jetclr" / "finetune" / "n40" / "seed1" / "best.safetensors").stat().st_mtime_ns
     )
@@ -232,6 +233,7 @@ def test_demo_main_job_end_to_end(toptag_files, tmp_path, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "| 60 | jetclr | finetune | 1 |" in out
+    assert "±" not in out  # one seed has no spread to show
     assert "scratch" in out
     assert "pretraining jetclr:" in out
     result = json.loads((tmp_path / "demo" / "study" / "results.json").read_text())

@@ -256,7 +256,8 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             v = np.array([r[k] for r in rs], dtype=float)
             finite = v[np.isfinite(v)]
             entry[k] = float(finite.mean()) if len(finite) else float("inf")
-            entry[f"{k}_std"] = float(finite.std(ddof=1)) if len(finite) > 1 else 0.0
+            # one seed has no spread: None, never a "± 0" that reads as a measured certainty
+            entry[f"{k}_std"] = float(finite.std(ddof=1)) if len(finite) > 1 else None
         table.append(entry)
     scratch = {(t["objective"], t["n_labels"]): t for t in table if t["mode"] == "scratch"}
     for t in table:  # the gain over the matching from-scratch baseline (same architecture, same N)
@@ -265,15 +266,18 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return table
 
 
+def _mean_spread(mean: float, std: float | None, digits: int) -> str:
+    """``mean ± std`` over seeds, or the mean alone for a single seed (which has no spread)."""
+    return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
 def markdown_table(table: list[dict[str, Any]]) -> str:
     head = ("| N labels | objective | mode | seeds | accuracy | AUC | 1/eps_B @ 0.5 | 1/eps_B @ 0.3 | "
             "AUC - scratch |\n")
     head += "|---|---|---|---|---|---|---|---|---|\n"
     lines = []
     for t in table:
-        cells = [f"{t[k]:.4f} ± {t[k + '_std']:.4f}" if k in ("accuracy", "auc")
-                 else f"{t[k]:.1f} ± {t[k + '_std']:.1f}"
-                 for k in METRICS]
+        cells = [_mean_spread(t[k], t[k + "_std"], 4 if k in ("accuracy", "auc") else 1) for k in METRICS]
         gain = t.get("auc_minus_scratch")
         cells.append("" if gain is None else f"{gain:+.4f}")
         row = f"| {t['n_labels']} | {t['objective']} | {t['mode']} | {t['n_seeds']} | "
