@@ -33,6 +33,7 @@ from hepfm.data.formats.jetclass_root import (
     JetClassColumnsSource,
     _jagged_parts,
     _JetClassTreeWriter,
+    written_metadata,
 )
 from hepfm.data.jets import JetChunk
 from hepfm.errors import HepfmInputError
@@ -222,13 +223,7 @@ def write_jetclass_parquet(
             w.flush()
             if w.tree is None:
                 raise HepfmInputError("nothing to write: no jets", path)
-            meta = dict(metadata or {})
-            meta["zero_filled_branches"] = sorted(w.zero_filled)
-            if w.derived_flags:
-                meta["pid_flags_derived_from"] = "pid and charge"
-            if w.dropped:
-                meta["dropped_jet_fields"] = sorted(w.dropped)
-            w.tree.add_key_value_metadata({METADATA_KEY: dumps_metadata(meta)})
+            w.tree.add_key_value_metadata({METADATA_KEY: dumps_metadata(written_metadata(w, metadata))})
         finally:
             if w.tree is not None:
                 w.tree.close()

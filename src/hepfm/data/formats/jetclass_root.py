@@ -725,11 +725,17 @@ def write_jetclass(
         w.flush()
         if w.tree is None:
             raise HepfmInputError("nothing to write: no jets", path)
-        meta = dict(metadata or {})
-        meta["zero_filled_branches"] = sorted(w.zero_filled)
-        if w.derived_flags:
-            meta["pid_flags_derived_from"] = "pid and charge"
-        if w.dropped:
-            meta["dropped_jet_fields"] = sorted(w.dropped)
-        f[METADATA_KEY] = dumps_metadata(meta)
+        f[METADATA_KEY] = dumps_metadata(written_metadata(w, metadata))
     return w.n
+
+
+def written_metadata(w: Any, metadata: dict | None) -> dict:
+    """The file's metadata plus what a JetClass-layout writer ``w`` did to fit the layout: columns
+    it filled with zeros, PID flags it derived, jet fields it dropped (the ROOT and Parquet writers)."""
+    meta = dict(metadata or {})
+    meta["zero_filled_branches"] = sorted(w.zero_filled)
+    if w.derived_flags:
+        meta["pid_flags_derived_from"] = "pid and charge"
+    if w.dropped:
+        meta["dropped_jet_fields"] = sorted(w.dropped)
+    return meta
