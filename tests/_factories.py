@@ -116,3 +116,31 @@ def chunk_from_jets(
         label=None if labels is None else np.asarray(labels, np.int64),
         class_names=class_names if labels is not None else (),
     )
+
+
+def official_jetclass_columns(chunk: JetChunk, label_types: bool = True) -> dict:
+    """The JetClass columns of ``chunk`` as separate jagged particle arrays and per-jet arrays, as the
+    official files hold them (with ``label_types``: float, bool and int32 labels, as in the official
+    example file; else all float32)."""
+    import awkward as ak
+
+    m = chunk.mask
+    npart = m.sum(1)
+    data: dict = {}
+    for c, b in enumerate(("part_px", "part_py", "part_pz", "part_energy")):
+        data[b] = ak.unflatten(chunk.p4[..., c][m], npart)
+    for k, v in chunk.particles.items():
+        if k == "pid":
+            continue
+        dtype = np.int32 if k.startswith("is") else np.float32
+        data[f"part_{k}"] = ak.unflatten(v[m].astype(dtype), npart)
+    assert chunk.label is not None
+    for i, cls in enumerate(JETCLASS_CLASSES):
+        dtype = np.float32
+        if label_types and i > 0:
+            dtype = np.bool_ if i < 6 else np.int32
+        data[f"label_{cls}"] = (chunk.label == i).astype(dtype)
+    data["jet_pt"] = np.linspace(500, 1000, len(chunk)).astype(np.float32)
+    data["jet_sdmass"] = np.linspace(10, 200, len(chunk)).astype(np.float32)
+    data["jet_nparticles"] = npart.astype(np.float32)
+    return data

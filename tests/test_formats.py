@@ -14,7 +14,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import uproot
-from _factories import chunk_from_jets, jetclass_chunk, random_chunk, two_particle_jet
+from _factories import (
+    chunk_from_jets,
+    jetclass_chunk,
+    official_jetclass_columns,
+    random_chunk,
+    two_particle_jet,
+)
 
 from hepfm.data.formats import (
     FORMATS,
@@ -298,25 +304,7 @@ def test_toptag_writer_unlabeled_and_slots(tmp_path):
 # -- JetClass ROOT -----------------------------------------------------------------------------
 def official_like_jetclass(path, chunk: JetChunk, label_types: bool = True) -> None:
     """A JetClass file written with plain uproot: separate jagged branches, mixed label types."""
-    m = chunk.mask
-    npart = m.sum(1)
-    data = {}
-    for c, b in enumerate(("part_px", "part_py", "part_pz", "part_energy")):
-        data[b] = ak.unflatten(chunk.p4[..., c][m], npart)
-    for k, v in chunk.particles.items():
-        if k == "pid":
-            continue
-        dtype = np.int32 if k.startswith("is") else np.float32
-        data[f"part_{k}"] = ak.unflatten(v[m].astype(dtype), npart)
-    for i, cls in enumerate(JETCLASS_CLASSES):
-        onehot = chunk.label == i
-        dtype = np.float32
-        if label_types and i > 0:  # as in the official example file: float, bool and int32 labels
-            dtype = np.bool_ if i < 6 else np.int32
-        data[f"label_{cls}"] = onehot.astype(dtype)
-    data["jet_pt"] = np.linspace(500, 1000, len(chunk)).astype(np.float32)
-    data["jet_sdmass"] = np.linspace(10, 200, len(chunk)).astype(np.float32)
-    data["jet_nparticles"] = npart.astype(np.float32)
+    data = official_jetclass_columns(chunk, label_types)
     data["aux_genpart_pt"] = np.ones(len(chunk), np.float32)
     with uproot.recreate(path) as f:
         types = {k: (v.type if isinstance(v, ak.Array) else v.dtype) for k, v in data.items()}

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import uproot
-from _factories import jetclass_chunk, random_chunk
+from _factories import jetclass_chunk, official_jetclass_columns, random_chunk
 
 from hepfm.cli import main
 from hepfm.data.formats import FORMATS, WRITERS, detect_format, open_source, write_jets
@@ -20,31 +20,9 @@ from hepfm.data.jets import JETCLASS_CLASSES, TOPTAG_CLASSES, JetChunk
 from hepfm.errors import HepfmInputError
 
 
-def official_columns(chunk: JetChunk) -> dict:
-    """The JetClass columns of ``chunk`` as separate jagged/scalar arrays (mixed label types, as in
-    the official files)."""
-    m = chunk.mask
-    npart = m.sum(1)
-    data: dict = {}
-    for c, b in enumerate(("part_px", "part_py", "part_pz", "part_energy")):
-        data[b] = ak.unflatten(chunk.p4[..., c][m], npart)
-    for k, v in chunk.particles.items():
-        if k == "pid":
-            continue
-        dtype = np.int32 if k.startswith("is") else np.float32
-        data[f"part_{k}"] = ak.unflatten(v[m].astype(dtype), npart)
-    for i, cls in enumerate(JETCLASS_CLASSES):
-        dtype = np.float32 if i == 0 else (np.bool_ if i < 6 else np.int32)
-        data[f"label_{cls}"] = (chunk.label == i).astype(dtype)
-    data["jet_pt"] = np.linspace(500, 1000, len(chunk)).astype(np.float32)
-    data["jet_sdmass"] = np.linspace(10, 200, len(chunk)).astype(np.float32)
-    data["jet_nparticles"] = npart.astype(np.float32)
-    return data
-
-
 def write_rntuple(path, chunk: JetChunk, cluster: int) -> None:
     """The JetClass layout as an RNTuple ``tree``, one cluster per ``cluster`` jets."""
-    full = official_columns(chunk)
+    full = official_jetclass_columns(chunk)
     with uproot.recreate(path) as f:
         nt = None
         for a in range(0, len(chunk), cluster):
@@ -59,7 +37,7 @@ def write_rntuple(path, chunk: JetChunk, cluster: int) -> None:
 def write_parquet(path, chunk: JetChunk, row_group: int | None = None, drop: tuple[str, ...] = ()) -> None:
     """The JetClass columns written with plain pyarrow (``list<float>`` particle columns)."""
     cols = {}
-    for k, v in official_columns(chunk).items():
+    for k, v in official_jetclass_columns(chunk).items():
         if k in drop:
             continue
         cols[k] = ak.to_arrow(v, extensionarray=False) if isinstance(v, ak.Array) else pa.array(v)
@@ -82,7 +60,7 @@ def root_reference(tmp_path, chunk: JetChunk) -> JetChunk:
     """``chunk`` through the official-like TTree and the JetClass ROOT reader."""
     path = tmp_path / "ref.root"
     with uproot.recreate(path) as f:
-        data = official_columns(chunk)
+        data = official_jetclass_columns(chunk)
         f.mktree("tree", {k: (v.type if isinstance(v, ak.Array) else v.dtype) for k, v in data.items()})
         f["tree"].extend(data)
     src = open_source(path, max_particles=40)
@@ -130,7 +108,7 @@ def test_rntuple_cli_inspect(tmp_path, capsys):
 
 def test_rntuple_missing_momentum_branch(tmp_path):
     c = jetclass_chunk(10, 20, seed=12)
-    data = official_columns(c)
+    data = official_jetclass_columns(c)
     del data["part_energy"]
     path = tmp_path / "no_e.root"
     with uproot.recreate(path) as f:
@@ -233,7 +211,7 @@ def test_parquet_missing_column_one_line(tmp_path, capsys):
 
 def test_parquet_null_values_refused(tmp_path):
     c = jetclass_chunk(10, 20, seed=6)
-    data = official_columns(c)
+    data = official_jetclass_columns(c)
     cols = {k: ak.to_arrow(v, extensionarray=False) if isinstance(v, ak.Array) else pa.array(v)
             for k, v in data.items()}
     cols["jet_pt"] = pa.array([None, *data["jet_pt"][1:].tolist()], pa.float32())
