@@ -164,17 +164,6 @@ def file_identity(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def sha256_file(path: str | Path) -> str:
-    """Full SHA-256 of a file (weights files: small enough to hash whole, and worth it)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def check_folder_name(name: str, option: str) -> None:
     """An output folder name must stay inside the run directory: one path component, not '.' or '..'."""
     if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:

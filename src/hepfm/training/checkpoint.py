@@ -13,6 +13,8 @@ changes every score: the JSON records the SHA-256 of its weights file (``weights
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import random
 from pathlib import Path
@@ -23,7 +25,7 @@ import torch
 from torch import nn
 
 from hepfm.errors import HepfmInputError
-from hepfm.io import atomic_path, sha256_file, write_json_atomic
+from hepfm.io import atomic_path, write_json_atomic
 
 WEIGHTS_SUFFIX = ".safetensors"
 #: The JSON key holding the SHA-256 of the weights file beside it.
@@ -33,21 +35,21 @@ STATE_TRAILER = b"hepfmsha"
 
 
 def save_weights(stem: Path, model: nn.Module, spec: dict[str, Any]) -> Path:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     path = stem.with_suffix(WEIGHTS_SUFFIX)
+    data = save(state, metadata={"hepfm_spec": json.dumps(spec)})  # bytes: hashed as written, not read back
     with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={"hepfm_spec": json.dumps(spec)})
-        digest = sha256_file(tmp)
-    write_json_atomic(stem.with_suffix(".json"), spec | {CHECKSUM_KEY: digest})
+        tmp.write_bytes(data)
+    write_json_atomic(stem.with_suffix(".json"), spec | {CHECKSUM_KEY: hashlib.sha256(data).hexdigest()})
     return path
 
 
 def read_weights(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], Path]:
     """(spec, state_dict, weights file) from a ``.safetensors`` file, its stem, or a run directory."""
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors.torch import load
 
     original = path = Path(path)
     if path.is_dir():
@@ -68,10 +70,11 @@ def read_weights(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tens
     try:
         spec = json.loads(spec_path.read_text())
         recorded = spec.pop(CHECKSUM_KEY, None)
-        if recorded is not None and sha256_file(path) != recorded:
+        data = path.read_bytes()  # read once: hashed, then parsed
+        if recorded is not None and hashlib.sha256(data).hexdigest() != recorded:
             raise HepfmInputError(f"weights do not match the checksum recorded in {spec_path.name} "
                                   "(the file is corrupted or was modified)", path)
-        state = load_file(str(path))
+        state = load(data)
     except (SafetensorError, OSError, json.JSONDecodeError, ValueError, AttributeError) as err:
         raise HepfmInputError(
             f"corrupt or unreadable checkpoint ({str(err).splitlines()[0]})", path
@@ -117,8 +120,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_training_state(path: Path, state: dict[str, Any]) -> None:
-    import hashlib
-    import io
 
     buf = io.BytesIO()
     torch.save(state, buf)
@@ -130,8 +131,6 @@ def save_training_state(path: Path, state: dict[str, Any]) -> None:
 
 def load_training_state(path: Path) -> dict[str, Any]:
     """The training state of ``last.pt``, its trailer checked (files without one, from older hepfm, load)."""
-    import hashlib
-    import io
 
     try:
         data: bytes | memoryview = path.read_bytes()
