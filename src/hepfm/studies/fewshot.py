@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 
 from hepfm.configs import load_preset, merge
-from hepfm.configs.sections import FinetuneConfig, section, split_sections
 from hepfm.data.formats import expand_patterns
 from hepfm.io import (
     atomic_path,
@@ -36,9 +35,10 @@ from hepfm.io import (
     write_json_atomic,
 )
 from hepfm.options import require
-from hepfm.training.config import TrainConfig, apply_overrides
+from hepfm.training.config import apply_overrides
 from hepfm.workflows.classify import evaluate
 from hepfm.workflows.finetune import MODES, finetune
+from hepfm.workflows.finetune import resolve as resolve_finetune
 from hepfm.workflows.pretrain import pretrain
 from hepfm.workflows.pretrain import resolve as resolve_pretrain
 
@@ -78,12 +78,7 @@ class FewShotStudy:
         check_output_dir(self.out)
         for objective in self.objectives:
             resolve_pretrain(self.pretrain_preset or f"{objective}-cpu", self._pretrain_delta(objective))
-        d = split_sections(
-            merge(load_preset("finetune", self.finetune_preset), self._finetune_delta(self.seeds[0])),
-            ("data", "head", "finetune", "train"),
-        )
-        section(FinetuneConfig, d, "finetune")
-        TrainConfig.from_dict(d.get("train", {}))
+        resolve_finetune(self.finetune_preset, self._finetune_delta(self.seeds[0]))
 
     def _pretrain_delta(self, objective: str) -> dict[str, Any]:
         return apply_overrides({}, [f"data.train={json.dumps(self.pretrain_data)}",

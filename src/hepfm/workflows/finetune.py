@@ -39,14 +39,17 @@ log = logging.getLogger(__name__)
 MODES = ("finetune", "frozen", "scratch")
 
 
-def resolve(preset: str, delta: dict[str, Any], bb_spec: dict[str, Any]
+def resolve(preset: str, delta: dict[str, Any], bb_spec: dict[str, Any] | None = None
             ) -> tuple[DataConfig, HeadConfig, FinetuneConfig, TrainConfig]:
     """The finetune preset + overrides, typed; data defaults (particle cap, features) come from the
-    backbone."""
+    backbone. Without ``bb_spec`` (a study checking its grid before anything is pretrained) every
+    value is still checked, against the generic data defaults."""
     d = split_sections(merge(load_preset("finetune", preset), delta), ("data", "head", "finetune", "train"))
-    data = section(DataConfig, d, "data", defaults={
-        "max_particles": bb_spec["max_particles"], "features": bb_spec["features"]["name"], "batch_size": 64})
-    if data.features != bb_spec["features"]["name"]:
+    defaults: dict[str, Any] = {"batch_size": 64}
+    if bb_spec is not None:
+        defaults |= {"max_particles": bb_spec["max_particles"], "features": bb_spec["features"]["name"]}
+    data = section(DataConfig, d, "data", defaults=defaults)
+    if bb_spec is not None and data.features != bb_spec["features"]["name"]:
         raise HepfmInputError(f"data.features: the pretrained backbone takes {bb_spec['features']['name']!r} "
                               f"features, not {data.features!r}")
     return data, section(HeadConfig, d, "head"), section(FinetuneConfig, d, "finetune"), \
