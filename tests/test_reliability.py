@@ -235,3 +235,12 @@ def test_a_study_resumes_cells_stopped_by_the_clock(tmp_path):
     pre.mkdir()
     (pre / "backbone.safetensors").write_bytes(b"x")
     assert finished(pre, "backbone.safetensors")  # placed by hand: adopted
+
+
+def test_training_without_validation_files_is_refused(jets, tmp_path):
+    from hepfm.errors import HepfmInputError
+    from hepfm.workflows.classify import train
+
+    with pytest.raises(HepfmInputError, match="--val"):
+        train("cpu-small", {"data": {"train": [str(jets["train"])]}}, tmp_path / "run")
+    assert not (tmp_path / "run").exists()

@@ -91,6 +91,8 @@ def train(preset: str, delta: dict[str, Any], out: str | Path, *, resume: bool =
     """Train a supervised tagger; returns the fit summary. Re-running into the same ``out`` resumes
     (with the same settings and data only); ``restart`` discards the previous run first."""
     data, model, tcfg = resolve_config(preset, delta)
+    if not data.train or not data.val:
+        raise HepfmInputError("training needs --data (training files) and --val (validation files)")
     out = Path(out)
     with run_directory(out, restart=restart):
         seed_everything(tcfg.seed)  # before the model is built: its initial weights are part of the run
