@@ -25,9 +25,9 @@ from hepfm.errors import HepfmInputError
 #: Jets read per block when scanning labels.
 READ_CHUNK = 50_000
 
-#: What a workflow does with labels: ``required`` (classifiers), ``dropped`` (self-supervised
-#: objectives never see them), ``unused`` (read-only diagnostics that use labels where present).
-Labels = Literal["required", "dropped", "unused"]
+#: What a training workflow does with labels: ``required`` (classifiers, supervised pretraining) or
+#: ``dropped`` (self-supervised objectives never see them).
+Labels = Literal["required", "dropped"]
 
 
 @dataclass
@@ -156,7 +156,8 @@ def check_train_classes(sources: list[Any], n_jets: int | None, block: int = 655
         for start in range(0, len(s), block):
             if left <= 0:
                 break
-            label = s.read(start, min(len(s), start + block, start + left)).label
+            # labels only: no per-particle or per-jet fields are read
+            label = s.read(start, min(len(s), start + block, start + left), fields=(), jet_fields=()).label
             left -= len(label)
             seen |= set(np.unique(label).tolist())
             if len(seen) > 1:
