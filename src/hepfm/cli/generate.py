@@ -12,6 +12,7 @@ from hepfm.errors import HepfmInputError
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from hepfm.data.formats import WRITERS
     from hepfm.generation.detector import DETECTORS
+    from hepfm.generation.pileup import DEFAULT_LIBRARY
     from hepfm.generation.processes import DATASETS
 
     p = sub.add_parser(
@@ -28,6 +29,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="hepfm's HDF5 (default), or the public layouts themselves")
     p.add_argument("--detector", default="none", choices=DETECTORS.names(),
                    help="particle level (none) or a detector-like preset (see docs/generator.md)")
+    p.add_argument("--pileup", type=float, default=0.0, metavar="MU",
+                   help="overlay k ~ Poisson(MU) minimum-bias events on every hard event, before the "
+                   "detector and clustering (default 0: none)")
+    p.add_argument("--pileup-library", type=int, default=DEFAULT_LIBRARY, metavar="N",
+                   help=f"pre-generated min-bias events per worker that pileup is drawn from (default "
+                   f"{DEFAULT_LIBRARY}); 0 = fresh events for every hard event (exact, ~9x slower)")
     p.add_argument("--unlabeled", action="store_true", help="withhold labels and truth (pretraining file)")
     p.add_argument("--mix", default="", metavar="CLASS=W,...",
                    help="class weights, e.g. 'QCD=3,Top=1' (default: balanced; unlisted classes get 0)")
@@ -62,14 +69,16 @@ def run(args: argparse.Namespace) -> int:
     job = GenerationJob(
         dataset=args.dataset, n_jets=args.n_jets, out=args.out, seed=args.seed, detector=args.detector,
         fmt=args.fmt, labeled=not args.unlabeled, mix=parse_mix(args.mix), shard_size=args.shard_size,
-        batch_events=args.batch_events, extra_settings=tuple(args.extra),
+        batch_events=args.batch_events, extra_settings=tuple(args.extra), pileup=args.pileup,
+        pileup_library=args.pileup_library,
     )
     summary = run_job(job, workers=args.workers, restart=args.restart, progress=not args.no_progress)
     if args.json:
         print(json.dumps({"out": str(job.out), "class_counts": summary["class_counts"],
                           "timing": summary["timing"]}, indent=2))
     else:
-        print(f"wrote {job.n_jets} jets to {job.out} ({args.fmt}, detector={args.detector}, "
+        pileup = f", pileup={job.pileup:g}" if job.pileup else ""
+        print(f"wrote {job.n_jets} jets to {job.out} ({args.fmt}, detector={args.detector}{pileup}, "
               f"{'labeled' if job.labeled else 'unlabeled'})")
         for c, t in summary["timing"].items():
             print(

@@ -77,7 +77,23 @@ DETECTORS.add(
 )
 
 # Particle records the detector sees: flat arrays over all events of a batch plus the event index.
+# With a pileup overlay they also carry ``pileup`` (the pileup share of each particle's energy: 0 or 1,
+# a fraction for calorimeter cells).
 FIELDS = ("px", "py", "pz", "e", "pid", "charge", "d0", "dz", "event")
+
+
+def impact_parameters(
+    px: np.ndarray, py: np.ndarray, pz: np.ndarray, x: np.ndarray, y: np.ndarray, z: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Transverse and longitudinal impact parameters (mm) of straight tracks from vertices (x, y, z).
+
+    Relative to the origin (the hard vertex); the magnetic-field curvature over a few mm is negligible
+    at these momenta.
+    """
+    pt = np.maximum(np.hypot(px, py), 1e-9)
+    d0 = (x * py - y * px) / pt
+    dz = z - (x * px + y * py) / pt * (pz / pt)
+    return d0, dz
 
 
 def _hypot(a: np.ndarray, b: np.ndarray | float) -> np.ndarray:
@@ -138,16 +154,19 @@ def apply_detector(
     calo = ~is_track & (np.abs(eta) < det.calo_eta)
     em = calo & ((parts["pid"] == 22) | (np.abs(parts["pid"]) == 11))
     had = calo & ~em
+    pileup = parts.get("pileup")
     cells = [
         _merge_cells(
-            parts["event"][sel], eta[sel], phi[sel], parts["e"][sel], size, stoch, const, emin, pid, rng
+            parts["event"][sel], eta[sel], phi[sel], parts["e"][sel], size, stoch, const, emin, pid, rng,
+            None if pileup is None else pileup[sel],
         )
         for sel, size, stoch, const, emin, pid in (
             (em, det.ecal_cell, det.ecal_stoch, det.ecal_const, det.ecal_e_min, 22),
             (had, det.hcal_cell, det.hcal_stoch, det.hcal_const, det.hcal_e_min, 130),
         )
     ]
-    merged = {k: np.concatenate([tracks[k]] + [c[k] for c in cells]) for k in FIELDS}
+    keys = FIELDS if pileup is None else (*FIELDS, "pileup")
+    merged = {k: np.concatenate([tracks[k]] + [c[k] for c in cells]) for k in keys}
     order = np.argsort(merged["event"], kind="stable")
     merged = {k: v[order] for k, v in merged.items()}
     return smear_impact_parameters(merged, det, rng)
@@ -164,14 +183,22 @@ def _merge_cells(
     e_min: float,
     pid: int,
     rng: np.random.Generator,
+    pileup: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """Sum energies per (event, eta cell, phi cell); smear; one massless particle per cell centre."""
+    """Sum energies per (event, eta cell, phi cell); smear; one massless particle per cell centre.
+
+    With ``pileup`` (per-deposit pileup share) the cells get their pileup energy fraction before smearing.
+    """
     n_phi = int(np.floor(2 * np.pi / size))
     ieta = np.floor(eta / size).astype(np.int64)
     iphi = np.floor((phi + np.pi) / (2 * np.pi) * n_phi).astype(np.int64) % n_phi
     key = (event.astype(np.int64) * 100_000 + (ieta + 50_000)) * n_phi + iphi
     uniq, inverse = np.unique(key, return_inverse=True)
     e_cell = np.bincount(inverse, weights=energy, minlength=len(uniq))
+    pu_cell = None
+    if pileup is not None:
+        pu_energy = np.bincount(inverse, weights=energy * pileup, minlength=len(uniq))
+        pu_cell = pu_energy / np.maximum(e_cell, 1e-12)
     ev_cell = uniq // n_phi // 100_000
     ieta_cell = (uniq // n_phi) % 100_000 - 50_000
     iphi_cell = uniq % n_phi
@@ -182,7 +209,8 @@ def _merge_cells(
     pt_c = e_cell / np.cosh(eta_c)
     keep = e_cell > e_min
     n = int(keep.sum())
-    return {
+    extra = {} if pu_cell is None else {"pileup": pu_cell[keep]}
+    return extra | {
         "px": (pt_c * np.cos(phi_c))[keep],
         "py": (pt_c * np.sin(phi_c))[keep],
         "pz": (pt_c * np.sinh(eta_c))[keep],

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -34,12 +35,25 @@ from hepfm._version import __version__
 from hepfm.data.jets import JetChunk
 from hepfm.errors import HepfmInputError
 from hepfm.generation.detector import DETECTORS
+from hepfm.generation.pileup import (
+    DEFAULT_LIBRARY,
+    MAX_PILEUP,
+    VERTEX_SIGMA_Z,
+    minbias_settings,
+    reach_rapidity,
+)
 from hepfm.generation.processes import DATASETS, PROCESSES
-from hepfm.generation.worker import ShardTask, check_pythia_settings, pythia_settings, run_shard
+from hepfm.generation.worker import (
+    PILEUP_STREAM,
+    ShardTask,
+    check_pythia_settings,
+    pythia_seed,
+    pythia_settings,
+    run_shard,
+)
 from hepfm.io import atomic_path, check_output_file, is_output_error, output_lock, write_json_atomic
 
 log = logging.getLogger(__name__)
-MAX_PYTHIA_SEED = 900_000_000
 
 
 @dataclass
@@ -57,6 +71,8 @@ class GenerationJob:
     shard_size: int = 1000
     batch_events: int = 200
     extra_settings: tuple[str, ...] = ()
+    pileup: float = 0.0  # mean number of min-bias interactions overlaid per hard event; 0 = none
+    pileup_library: int = DEFAULT_LIBRARY  # pre-generated min-bias events per worker; 0 = fresh ones
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -70,6 +86,11 @@ class GenerationJob:
             raise HepfmInputError(f"--batch-events must be positive, got {self.batch_events}")
         if self.seed < 0:  # shard seeds come from np.random.SeedSequence, which takes non-negative ints
             raise HepfmInputError(f"--seed must be >= 0, got {self.seed}")
+        if not (math.isfinite(self.pileup) and 0 <= self.pileup <= MAX_PILEUP):
+            raise HepfmInputError(f"--pileup must be a number from 0 to {MAX_PILEUP:g}, got {self.pileup:g}")
+        if self.pileup_library < 0:
+            raise HepfmInputError(f"--pileup-library must be >= 0, got {self.pileup_library}")
+        self.pileup = float(self.pileup)
         unknown = set(self.mix) - set(spec.class_names)
         if unknown:
             raise HepfmInputError(
@@ -92,21 +113,27 @@ class GenerationJob:
 
     def tasks(self) -> list[ShardTask]:
         tasks = []
+        library_seed = self.pileup_library_seed()
         for ci, n in enumerate(self.class_counts().values()):
             for k, start in enumerate(range(0, n, self.shard_size)):
-                seed = (
-                    int(np.random.SeedSequence([self.seed, ci, k]).generate_state(1)[0]) % MAX_PYTHIA_SEED + 1
-                )
                 tasks.append(
-                    ShardTask(self.dataset, ci, k, min(self.shard_size, n - start), seed, self.detector,
-                              self.batch_events, self.extra_settings)
+                    ShardTask(self.dataset, ci, k, min(self.shard_size, n - start),
+                              pythia_seed([self.seed, ci, k]), self.detector, self.batch_events,
+                              self.extra_settings, self.pileup, self.pileup_library, library_seed)
                 )
         return tasks
+
+    def pileup_library_seed(self) -> int:
+        """One min-bias library per job (all classes and shards): any worker builds the same one."""
+        return pythia_seed([self.seed, PILEUP_STREAM])
 
     def fingerprint(self) -> dict:
         d = asdict(self)
         d.pop("out")
         d.pop("fmt")
+        if not self.pileup:  # no overlay: the library size is moot, and older manifests still match
+            d.pop("pileup")
+            d.pop("pileup_library")
         d["hepfm_version"] = __version__
         return d
 
@@ -134,7 +161,8 @@ def provenance(job: GenerationJob, stats: dict[str, dict]) -> dict:
         "class_counts": job.class_counts(),
         "processes": {c: spec.classes[c] for c in spec.class_names},
         "pythia_settings": {
-            c: pythia_settings(spec, PROCESSES.get(p), seed=0, extra=job.extra_settings)[:-1]
+            c: pythia_settings(spec, PROCESSES.get(p), seed=0, extra=job.extra_settings,
+                               pileup=job.pileup)[:-1]
             for c, p in spec.classes.items()
         },
         "seeds": "Random:seed of each shard = SeedSequence([seed, class index, shard index]) mod 9e8 + 1",
@@ -145,11 +173,35 @@ def provenance(job: GenerationJob, stats: dict[str, dict]) -> dict:
             "truth_match": "resonance and all visible decay partons within R of the jet axis",
         },
         "detector": DETECTORS.get(job.detector).to_dict(),
+        "pileup": job.pileup,
+        **({"pileup_overlay": pileup_provenance(job)} if job.pileup > 0 else {}),
         "shard_size": job.shard_size,
         "batch_events": job.batch_events,
         "shard_stats": {
             k: {s: v for s, v in st.items() if s != "seconds"} for k, st in sorted(stats.items())
         },
+    }
+
+
+def pileup_provenance(job: GenerationJob) -> dict:
+    """How the pileup was made (recorded only with --pileup > 0, so a run without it is unchanged)."""
+    spec = DATASETS.get(job.dataset)
+    lib = job.pileup_library
+    return {
+        "mu": job.pileup,
+        "count": "k ~ Poisson(mu) min-bias events per hard event",
+        "minbias_settings": minbias_settings(spec.common, seed=0)[:-1],
+        "library": lib,
+        "minbias_seed": (
+            f"Random:seed = {job.pileup_library_seed()} (SeedSequence([seed, {PILEUP_STREAM}]) mod 9e8 + 1), "
+            "one library for the whole job, drawn with replacement" if lib else
+            f"fresh events per hard event; Random:seed = SeedSequence([shard seed, {PILEUP_STREAM}]) "
+            "mod 9e8 + 1"
+        ),
+        "draws": "per min-bias event: uniform azimuthal rotation, z-reflection with probability 1/2, vertex "
+                 f"dz ~ N(0, sqrt(2) * {VERTEX_SIGMA_Z} mm) from the hard vertex; k, the events and these "
+                 f"from SeedSequence([shard seed, {PILEUP_STREAM}, 1]) mod 9e8 + 1",
+        "rapidity_max": reach_rapidity(spec.eta_max, spec.radius),
     }
 
 

@@ -1,4 +1,5 @@
-"""One generation shard: Pythia 8 events in batches -> detector -> FastJet anti-kT -> selected jets.
+"""One generation shard: Pythia 8 events in batches -> pileup overlay (optional) -> detector -> FastJet
+anti-kT -> selected jets.
 
 Per batch everything is vectorised (``Pythia.nextBatch`` returns awkward arrays converted in C++,
 FastJet clusters the whole batch in one call); Python loops run only over events with a jet in the
@@ -14,15 +15,29 @@ import numpy as np
 
 from hepfm.data.jets import JetChunk
 from hepfm.errors import HepfmInputError
-from hepfm.generation.detector import DETECTORS, apply_detector
+from hepfm.generation.detector import DETECTORS, apply_detector, impact_parameters
+from hepfm.generation.pileup import DEFAULT_LIBRARY, PileupOverlay, pileup_pthat_min, reach_rapidity
 from hepfm.generation.processes import DATASETS, PROCESSES, DatasetSpec, Process
 from hepfm.generation.substructure import substructure
 from hepfm.generation.truth import INVISIBLE_IDS, LEPTON_IDS, match_resonance
 
+MAX_PYTHIA_SEED = 900_000_000
+#: Last SeedSequence word of the pileup streams (class indices, the other words, are small).
+PILEUP_STREAM = 0x70696C65
+
+
+def pythia_seed(entropy: list[int]) -> int:
+    """A Pythia ``Random:seed`` (1 .. 9e8) from integers, e.g. (job seed, class index, shard index)."""
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0]) % MAX_PYTHIA_SEED + 1
+
 
 @dataclass(frozen=True)
 class ShardTask:
-    """A deterministic unit of work: the same task always yields the same jets."""
+    """A deterministic unit of work: the same task always yields the same jets.
+
+    ``pileup_seed`` seeds the min-bias library (the job passes one per job, so every worker builds the
+    same library); None derives one from ``seed``.
+    """
 
     dataset: str
     class_index: int
@@ -32,14 +47,23 @@ class ShardTask:
     detector: str = "none"
     batch_events: int = 200
     extra_settings: tuple[str, ...] = ()
+    pileup: float = 0.0
+    pileup_library: int = DEFAULT_LIBRARY
+    pileup_seed: int | None = None
 
 
-def pythia_settings(spec: DatasetSpec, proc: Process, seed: int, extra: tuple[str, ...] = ()) -> list[str]:
-    """All ``readString`` lines for one class (recorded in the output file's metadata)."""
+def pythia_settings(
+    spec: DatasetSpec, proc: Process, seed: int, extra: tuple[str, ...] = (), pileup: float = 0.0
+) -> list[str]:
+    """All ``readString`` lines for one class (recorded in the output file's metadata).
+
+    With pileup the pTHat floor is lowered (:func:`~hepfm.generation.pileup.pileup_pthat_min`); an
+    ``extra`` line ``PhaseSpace:pTHatMin = ...`` still overrides it.
+    """
     return [
         *spec.common,
         *proc.settings,
-        f"PhaseSpace:pTHatMin = {spec.pthat_range[0]}",
+        f"PhaseSpace:pTHatMin = {pileup_pthat_min(spec.pthat_range[0], spec.radius, pileup)}",
         f"PhaseSpace:pTHatMax = {spec.pthat_range[1]}",
         f"PartonLevel:MPI = {'on' if proc.mpi else 'off'}",
         "Next:numberCount = 0",
@@ -107,8 +131,18 @@ class ShardGenerator:
         self.proc = PROCESSES.get(self.spec.classes[self.class_name])
         self.det = DETECTORS.get(task.detector)
         self.rng = np.random.default_rng(task.seed)
+        self.pileup: PileupOverlay | None = None
+        if task.pileup > 0:
+            # Fresh min-bias events (no library) need a seed per shard, hence from the shard's own seed.
+            library_seed = task.pileup_seed if task.pileup_library > 0 else None
+            self.pileup = PileupOverlay(
+                task.pileup, self.spec.common, task.pileup_library,
+                minbias_seed=library_seed or pythia_seed([task.seed, PILEUP_STREAM]),
+                draw_seed=pythia_seed([task.seed, PILEUP_STREAM, 1]),
+                rap_max=reach_rapidity(self.spec.eta_max, self.spec.radius),
+            )
         self.pythia = pythia8mc.Pythia("", False)
-        for line in pythia_settings(self.spec, self.proc, task.seed, task.extra_settings):
+        for line in pythia_settings(self.spec, self.proc, task.seed, task.extra_settings, task.pileup):
             if not self.pythia.readString(line):
                 raise ValueError(f"Pythia rejected setting {line!r}")
         self._hook = None  # keep the Python hook alive as long as Pythia uses it
@@ -122,6 +156,8 @@ class ShardGenerator:
         self.stats: dict[str, float] = {
             "events": 0, "batches": 0, "in_window": 0, "accepted": 0, "truncated": 0,
         }
+        if self.pileup is not None:
+            self.stats["pileup_events"] = 0
 
     def charges(self, pid: np.ndarray) -> np.ndarray:
         uniq, inv = np.unique(pid, return_inverse=True)
@@ -168,17 +204,15 @@ class ShardGenerator:
 
         final = (rec["status"] > 0) & ~np.isin(np.abs(rec["id"]), INVISIBLE_IDS)
         px, py, pz = rec["px"][final], rec["py"][final], rec["pz"][final]
-        pt = np.maximum(np.hypot(px, py), 1e-9)
-        x, y, z = vx[final], vy[final], vz[final]
-        # Transverse and longitudinal impact parameters of a straight track from its production
-        # vertex (mm); the magnetic-field curvature over a few mm is negligible at these momenta.
-        d0 = (x * py - y * px) / pt
-        dz = z - (x * px + y * py) / pt * (pz / pt)
+        d0, dz = impact_parameters(px, py, pz, vx[final], vy[final], vz[final])
         parts = {
             "px": px, "py": py, "pz": pz, "e": rec["e"][final], "pid": rec["id"][final].astype(np.int64),
             "d0": d0, "dz": dz, "event": event[final],
         }
         parts["charge"] = self.charges(parts["pid"])
+        if self.pileup is not None:
+            parts = self.pileup.overlay(parts, n_ev)
+            self.stats["pileup_events"] += self.pileup.last_draws
         parts = apply_detector(parts, self.det, self.rng)
         vis_counts = np.bincount(parts["event"], minlength=n_ev)
         vis_offsets = np.concatenate([[0], np.cumsum(vis_counts)])
@@ -228,6 +262,9 @@ class ShardGenerator:
 
     def _jet_record(self, parts: dict, idx: np.ndarray, truth: np.ndarray | None, pthat: float) -> dict:
         pt = np.hypot(parts["px"][idx], parts["py"][idx])
+        extra = {}
+        if "pileup" in parts:  # the pileup share of the jet's scalar constituent pT, before truncation
+            extra["pileup_pt_fraction"] = float(np.dot(pt, parts["pileup"][idx]) / max(pt.sum(), 1e-12))
         idx = idx[np.argsort(-pt, kind="stable")]
         n_const = len(idx)
         if n_const > self.spec.max_particles:
@@ -235,7 +272,7 @@ class ShardGenerator:
             idx = idx[: self.spec.max_particles]
         keys = ("px", "py", "pz", "e", "pid", "charge", "d0val", "d0err", "dzval", "dzerr")
         rec = {k: parts[k][idx] for k in keys}
-        rec.update(n_const=n_const, truth=truth, pthat=pthat)
+        rec.update(n_const=n_const, truth=truth, pthat=pthat, **extra)
         return rec
 
     def _to_chunk(self, jets: list[dict]) -> JetChunk:
@@ -267,8 +304,15 @@ class ShardGenerator:
                 "pthat": np.array([j["pthat"] for j in jets], np.float32),
                 "truthPX": truth[:, 0], "truthPY": truth[:, 1], "truthPZ": truth[:, 2], "truthE": truth[:, 3],
                 **sub,
+                **self._pileup_fields(jets),
             },
         )
+
+    def _pileup_fields(self, jets: list[dict]) -> dict[str, np.ndarray]:
+        """``pileup_pt_fraction`` per jet, only with pileup (without it the fields stay as they were)."""
+        if self.pileup is None:
+            return {}
+        return {"pileup_pt_fraction": np.array([j["pileup_pt_fraction"] for j in jets], np.float32)}
 
 
 def pid_flags(pid: np.ndarray, charge: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
