@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -148,44 +147,39 @@ def test_jepa_on_jets_without_subjets(tmp_path, capsys):
 
 
 def test_fewshot_study_table_and_resume(pretrained, toptag_files, tmp_path, capsys):
+    """The flag shorthand writes the study file it stands for and runs it; a hand-placed pretraining is
+    adopted; finished cells are reused, another test file re-evaluates, another step count retrains."""
     import shutil
 
     out = tmp_path / "study"
-    shutil.copytree(pretrained["jetclr"], out / "pretrain" / "jetclr")  # reuse: the study skips pretraining
+    shutil.copytree(pretrained["jetclr"], out / "pretrain" / "jetclr-all")  # reused: no pretraining
     f = toptag_files
     args = ["study", "fewshot", "--pretrain-data", str(f["train"]), "--train", str(f["train"]),
-            "--val", str(f["val"]), "--test", str(f["test"]), "--out", str(out),
+            "--val", str(f["val"]), "--test", str(f["test"]), "--out", str(out), "--backend", "serial",
             "--objectives", "jetclr", "--modes", "finetune,scratch", "--n-labels", "40", "--seeds", "1,2",
             "--finetune-set", "train.max_steps=8", "--finetune-set", "train.eval_every=4",
-            "--finetune-set", "data.batch_size=16"]
+            "--finetune-set", "data.batch_size=16", "--no-baseline",
+            # the placed run's own settings, so that the study declares what it adopts
+            "--pretrain-set", "model.backbone=part-small", "--pretrain-set", "data.max_particles=32",
+            "--pretrain-set", "data.batch_size=32", "--pretrain-set", "train.max_steps=12"]
     assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "report.html" in printed
+    assert (out / "study.yaml").exists()
     result = json.loads((out / "results.json").read_text())
-    table = {(t["objective"], t["mode"]): t for t in result["table"]}
-    scratch = [k for k in table if k[1] == "scratch"]
-    assert ("jetclr", "finetune") in table
-    assert len(table) == 2
-    assert len(scratch) == 1
+    table = {c["mode"]: c for c in result["cells"]}
+    assert set(table) == {"finetune", "scratch"}
+    spec = json.loads((out / "pretrain" / "jetclr-all" / "backbone.json").read_text())
     # the scratch baseline names the architecture it re-initialises
-    assert scratch[0][0].startswith("(")
-    assert table[("jetclr", "finetune")] is not table[scratch[0]]
-    spec = json.loads((out / "pretrain" / "jetclr" / "backbone.json").read_text())
-    assert spec["backbone"]["name"] in scratch[0][0]
-    assert spec["features"]["name"] in scratch[0][0]
-    ft = table[("jetclr", "finetune")]
-    assert ft["auc_minus_scratch"] == pytest.approx(ft["auc"] - table[scratch[0]]["auc"])
-    assert table[scratch[0]]["auc_minus_scratch"] is None
-    cost = result["pretraining"]["jetclr"]
-    assert cost["steps"] > 0
-    assert cost["seconds"] > 0
-    assert "pretraining jetclr:" in (out / "results.md").read_text()
-    assert all(t["n_seeds"] == 2 and t["n_labels"] == 40 for t in table.values())
-    assert "| 40 | jetclr | finetune | 2 |" in (out / "results.md").read_text()
-    assert " ± " in (out / "results.md").read_text()  # two seeds: a spread
-    stamp = (
-        (out / "finetune" / "jetclr" / "finetune" / "n40" / "seed1" / "best.safetensors").stat().st_mtime_ns
-    )
+    assert table["scratch"]["arch"].startswith(f"{spec['backbone']['name']}-{spec['features']['name']}-")
+    gain = table["finetune"]["auc"] - table["scratch"]["auc"]
+    assert table["finetune"]["auc_minus_scratch"] == pytest.approx(gain)
+    assert table["scratch"]["auc_minus_scratch"] is None
+    assert all(c["n_seeds"] == 2 and c["n_labels"] == 40 and c["auc_std"] is not None for c in table.values())
+    assert " ± " in (out / "report.md").read_text()  # two seeds: a spread
+    cell = out / "runs" / "task" / "jetclr-all" / "finetune-linear" / "n40" / "seed1"
+    stamp = (cell / "best.safetensors").stat().st_mtime_ns
     assert main(args) == 0  # finished runs are reused, not retrained
-    cell = out / "finetune" / "jetclr" / "finetune" / "n40" / "seed1"
     assert (cell / "best.safetensors").stat().st_mtime_ns == stamp
     # another test file: the cells are re-evaluated (not retrained) and the table reports the new file
     test2 = tmp_path / "test2.h5"
@@ -202,26 +196,23 @@ def test_fewshot_study_table_and_resume(pretrained, toptag_files, tmp_path, caps
     assert json.loads((cell / "train_summary.json").read_text())["steps"] == 6
 
 
-def test_scratch_baseline_is_shared_only_by_identical_architectures(tmp_path):
-    from hepfm.studies.fewshot import scratch_key
+def test_scratch_baseline_is_shared_only_by_identical_architectures():
+    from hepfm.studies.runner import architecture_key, architecture_signature
 
-    def run(name: str, features: str, options: dict | None = None) -> Path:
-        d = tmp_path / name
-        d.mkdir()
+    def key(name: str, features: str, options: dict | None = None) -> str:
         spec = {"backbone": {"name": "part-small", "options": options or {}, "in_features": 7},
                 "features": {"name": features}, "max_particles": 64, "pretrained_with": name}
-        (d / "backbone.json").write_text(json.dumps(spec))
-        return d
+        return architecture_key(architecture_signature(spec))
 
-    mpm, jepa = run("mpm", "kin"), run("jepa", "kin")
-    clr, wide = run("jetclr", "jetclr"), run("wide", "kin", {"num_layers": 4})
-    assert scratch_key(mpm) == scratch_key(jepa)  # same architecture and inputs: one baseline
-    assert len({scratch_key(mpm), scratch_key(clr), scratch_key(wide)}) == 3
+    mpm, jepa = key("mpm", "kin"), key("jepa", "kin")
+    clr, wide = key("jetclr", "jetclr"), key("wide", "kin", {"num_layers": 4})
+    assert mpm == jepa  # same architecture and inputs: one baseline
+    assert len({mpm, clr, wide}) == 3
 
 
 def test_demo_main_job_end_to_end(toptag_files, tmp_path, capsys):
     """The README's main job, with the generated files pre-placed (the demo reuses finished steps)
-    and a few steps each: pretrain -> finetune and scratch on the same labels -> table."""
+    and a few steps each: pretrain -> finetune, frozen, scratch and trees on the same labels -> report."""
     import shutil
 
     data = tmp_path / "demo" / "data"
@@ -229,14 +220,15 @@ def test_demo_main_job_end_to_end(toptag_files, tmp_path, capsys):
     for name, src in (("pretrain", "train"), ("train", "train"), ("val", "val"), ("test", "val")):
         shutil.copy(toptag_files[src], data / f"{name}.h5")
     args = ["demo", "--out", str(tmp_path / "demo"), "--pretrain-steps", "6", "--finetune-steps", "6",
-            "--n-labels", "60", "--no-progress"]
+            "--n-labels", "60", "--seeds", "1", "--no-progress"]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "| 60 | jetclr | finetune | 1 |" in out
     assert "±" not in out  # one seed has no spread to show
-    assert "scratch" in out
-    assert "pretraining jetclr:" in out
-    result = json.loads((tmp_path / "demo" / "study" / "results.json").read_text())
-    assert {t["mode"] for t in result["table"]} == {"finetune", "scratch"}
-    assert all(0.0 <= t["auc"] <= 1.0 for t in result["table"])
-    assert (tmp_path / "demo" / "study" / "pretrain" / "jetclr" / "backbone.safetensors").exists()
+    assert "single seed" in out  # and the verdict says it cannot tell
+    assert "report.html" in out
+    study = tmp_path / "demo" / "study"
+    result = json.loads((study / "results.json").read_text())
+    assert {c["mode"] for c in result["cells"]} == {"finetune", "frozen", "scratch", "bdt"}
+    assert all(0.0 <= c["auc"] <= 1.0 for c in result["cells"])
+    assert (study / "pretrain" / "jetclr-all" / "backbone.safetensors").exists()
+    assert (study / "report.html").exists()

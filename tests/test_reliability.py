@@ -221,7 +221,7 @@ def test_atomic_outputs_get_a_normal_files_mode(tmp_path):
 
 
 def test_a_study_resumes_cells_stopped_by_the_clock(tmp_path):
-    from hepfm.studies.fewshot import finished
+    from hepfm.studies.runner import finished
 
     run = tmp_path / "cell"
     run.mkdir()
