@@ -160,7 +160,9 @@ def translate(p4: torch.Tensor, mask: torch.Tensor, width: float = 1.0, prob: fl
 
     The extents are the jet's real-particle spread in η and in φ relative to its axis (JetCLR's
     "peak to peak" width, padding excluded). Δy is applied as a boost along the beam, Δφ as a rotation
-    about it, so the transformation is a Lorentz transformation and the jet mass is exact.
+    about it, so the transformation is a Lorentz transformation and the jet mass is exact. Energies
+    are recomputed from the boosted momenta and each particle's mass: in float32 the boosted E and |p|
+    of a light particle come from differences of large products and can round to E < |p|.
     """
     b = p4.shape[0]
     _pt, eta, phi = _pt_eta_phi(p4)
@@ -172,8 +174,10 @@ def translate(p4: torch.Tensor, mask: torch.Tensor, width: float = 1.0, prob: fl
     ch, sh = torch.cosh(dy).unsqueeze(1), torch.sinh(dy).unsqueeze(1)  # (B, 1)
     c, s = torch.cos(dphi).unsqueeze(1), torch.sin(dphi).unsqueeze(1)
     px, py, pz, e = p4.unbind(-1)
-    out = torch.stack([px * c - py * s, px * s + py * c, pz * ch + e * sh, e * ch + pz * sh], dim=-1)
-    return Augmented(out, mask)
+    m2 = (e * e - px * px - py * py - pz * pz).clamp(min=0)
+    px2, py2, pz2 = px * c - py * s, px * s + py * c, pz * ch + e * sh
+    e2 = torch.sqrt(px2 * px2 + py2 * py2 + pz2 * pz2 + m2)
+    return Augmented(torch.stack([px2, py2, pz2, e2], dim=-1), mask)
 
 
 def smear(p4: torch.Tensor, mask: torch.Tensor, strength: float = 0.1, pt_min: float = 0.1, prob: float = 1.0,
