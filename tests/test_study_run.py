@@ -101,6 +101,15 @@ def test_a_declared_grid_runs_every_cell_and_reports(finished_study, capsys):
     assert result["summary"]
 
 
+def test_the_report_is_written_again_from_results_json(finished_study, tmp_path, capsys):
+    _, out = finished_study
+    (out / "report.html").unlink()
+    assert main(["study", "report", str(out)]) == 0
+    assert "data:image/png;base64," in (out / "report.html").read_text()
+    assert main(["study", "report", str(tmp_path)]) == 2  # not a study directory: one line, exit 2
+    assert "results.json" in capsys.readouterr().err
+
+
 def test_a_finished_study_reruns_nothing_and_a_changed_cell_reruns_alone(finished_study, toptag_files):
     root, out = finished_study
     before = mtimes(out)

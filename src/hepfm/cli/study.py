@@ -27,7 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "fewshot: one labeled task from flags (writes the study file it stands for and runs it). "
         "Re-running resumes: finished cells are reused.",
     )
-    kinds = p.add_subparsers(dest="kind", required=True, metavar="{run,fewshot}")
+    kinds = p.add_subparsers(dest="kind", required=True, metavar="{run,fewshot,report}")
     r = kinds.add_parser(
         "run", help="run the grid a study YAML declares",
         description="Run (or resume) the study a YAML file declares; see docs/studies.md for its keys. "
@@ -73,6 +73,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--progress", action="store_true")
     f.set_defaults(func=run)
 
+    g = kinds.add_parser(
+        "report", help="write a finished study's report again from its results.json",
+        description="Re-render report.md, report.html, the CSV files and the figures of a study directory "
+        "from its results.json (after an upgrade of hepfm's report, or to regenerate deleted files); "
+        "nothing is trained or evaluated.",
+    )
+    g.add_argument("dir", help="the study's --out directory")
+    g.set_defaults(func=report)
+
 
 def run(args: argparse.Namespace) -> int:
     from hepfm.errors import HepfmInputError
@@ -101,6 +110,25 @@ def run(args: argparse.Namespace) -> int:
             baselines=[] if args.no_baseline else ["bdt"], workers=args.workers, backend=args.backend)
         result = run_fewshot(args.out, content, progress=args.progress, command=command)
     print_result(result, Path(args.out))
+    return 0
+
+
+def report(args: argparse.Namespace) -> int:
+    import json
+
+    from hepfm.errors import HepfmInputError
+    from hepfm.studies.report import write_report
+
+    path = Path(args.dir) / "results.json"
+    try:
+        result = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise HepfmInputError("no results.json: not a finished study directory", path) from None
+    except ValueError as err:
+        raise HepfmInputError(f"unreadable results.json: {err}", path) from None
+    write_report(result, Path(args.dir))
+    print(result.get("summary", ""))
+    print(f"-> {Path(args.dir) / 'report.html'} (and report.md, results.csv, cells.csv)")
     return 0
 
 

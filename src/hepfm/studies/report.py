@@ -136,15 +136,21 @@ def hep_style() -> Iterator[None]:
         yield
 
 
-def _legend(ax: Any) -> None:
+def _legend(ax: Any, outside: bool = False) -> None:
+    """The axes' legend; ``outside`` puts it right of the axes, where many lines do not hide the data."""
     if ax.get_legend_handles_labels()[0]:  # an empty legend() warns, and warnings are errors in the tests
-        ax.legend(fontsize=STYLE_TWEAKS["legend.fontsize"])
+        where = {"loc": "upper left", "bbox_to_anchor": (1.02, 1.0)} if outside else {}
+        ax.legend(fontsize=STYLE_TWEAKS["legend.fontsize"], **where)
 
 
 def _styles(cells: list[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
     """One colour per pretraining (shared by its modes), a line style per mode, grey baselines."""
     keys = sorted({(c["pretrain"], c["arch"]) for c in cells if c["mode"] in PRETRAINED_MODES})
-    colours = [f"C{i % 10}" for i in range(len(keys))]
+    import matplotlib
+
+    # an explicit qualitative map: a style's own colour cycle may repeat after a few lines
+    cmap = matplotlib.colormaps["tab10" if len(keys) <= 10 else "tab20"]
+    colours = [cmap(i % cmap.N) for i in range(len(keys))]
     colour = dict(zip(keys, colours, strict=True))
     scratch = sorted({c["arch"] for c in cells if c["mode"] == "scratch"})
     out: dict[tuple, dict[str, Any]] = {}
@@ -215,7 +221,7 @@ def _fig_performance(path: Path, task: str, cells: list[dict[str, Any]]) -> None
     _plot_vs_n(a2, cells, "rej50", styles, log_y=True)
     a1.set_title(f"{task}: AUC", fontsize=12)
     a2.set_title(f"{task}: " + r"$1/\varepsilon_B$ at $\varepsilon_S = 0.5$", fontsize=12)
-    _legend(a1)
+    _legend(a2, outside=True)
     save_figure(fig, path)
 
 
@@ -226,7 +232,7 @@ def _fig_convergence(path: Path, task: str, cells: list[dict[str, Any]]) -> None
     _plot_vs_n(ax, cells, "steps_to_1pct", _styles(cells), log_y=True)
     ax.set_ylabel("steps to within 1 % of final val. accuracy")
     ax.set_title(f"{task}: convergence", fontsize=12)
-    _legend(ax)
+    _legend(ax, outside=True)
     save_figure(fig, path)
 
 
@@ -273,7 +279,7 @@ def _fig_val_curves(path: Path, task: str, cells: list[dict[str, Any]], runs: li
     ax.set_ylabel("validation accuracy")
     ax.set_title(f"{task}: validation curves at N = {n_min}", fontsize=12)
     ax.grid(alpha=0.3)
-    _legend(ax)
+    _legend(ax, outside=True)
     save_figure(fig, path)
     return True
 
@@ -299,7 +305,7 @@ def _fig_pretrain_loss(path: Path, pretraining: list[dict[str, Any]]) -> bool:
     ax.set_ylabel("pretraining loss")
     ax.set_title("pretraining loss (solid: train, dashed: validation)", fontsize=12)
     ax.grid(alpha=0.3, which="both")
-    _legend(ax)
+    _legend(ax, outside=True)
     save_figure(fig, path)
     return True
 
@@ -347,7 +353,7 @@ def _fig_label_efficiency(path: Path, task: str, eff: list[dict[str, Any]]) -> b
     ax.set_ylabel(r"$N_\mathrm{eq}$: labels scratch needs for the same AUC")
     ax.set_title(f"{task}: label efficiency (arrow: outside the scratch range)", fontsize=11)
     ax.grid(alpha=0.3, which="both")
-    _legend(ax)
+    _legend(ax, outside=True)
     save_figure(fig, path)
     return True
 
@@ -477,11 +483,18 @@ def _efficiency_table(eff: list[dict[str, Any]]) -> Block:
     return ("table", headers, rows)
 
 
+def training_seconds(p: dict[str, Any]) -> float | None:
+    """A pretraining's training time as jets seen / rate: the whole run's, also when it was resumed (its
+    summary's wall time counts the last invocation only)."""
+    jets, rate = p.get("jets_seen"), p.get("jets_per_second")
+    return jets / rate if jets and rate else p.get("seconds")
+
+
 def _compute_table(pretraining: list[dict[str, Any]]) -> Block:
-    headers = ["pretraining", "objective", "pretraining jets", "status", "steps", "jets seen", "seconds",
-               "jets/s", "device", "backbone parameters"]
+    headers = ["pretraining", "objective", "pretraining jets", "status", "steps", "jets seen",
+               "training seconds (jets seen / rate)", "jets/s", "device", "backbone parameters"]
     rows = [[p.get("key"), p.get("objective"), p.get("pretrain_size") or "", p.get("status"), p.get("steps"),
-             p.get("jets_seen"), _num(p.get("seconds"), 1), _num(p.get("jets_per_second"), 0),
+             p.get("jets_seen"), _num(training_seconds(p), 0), _num(p.get("jets_per_second"), 0),
              p.get("device") or "", p.get("n_backbone_parameters")] for p in pretraining]
     return ("table", headers, rows)
 
