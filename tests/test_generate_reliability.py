@@ -310,3 +310,15 @@ def test_corrupt_manifest_of_an_interrupted_run_gives_one_line(tmp_path, capsys)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
     assert "--restart" in err[0], err
+
+
+def test_recorded_pythia_settings_keep_every_set_line(tmp_path):
+    """The file records the user's --set lines, the last one included, and no per-shard seed line."""
+    from hepfm.generation.job import GenerationJob, provenance
+
+    job = GenerationJob("toptag", 10, tmp_path / "x.h5", extra_settings=("HadronLevel:all = off",
+                                                                         "PartonLevel:ISR = off"))
+    settings = provenance(job, {})["pythia_settings"]
+    for lines in settings.values():
+        assert lines[-2:] == ["HadronLevel:all = off", "PartonLevel:ISR = off"]
+        assert not any(line.startswith("Random:seed =") for line in lines)

@@ -160,9 +160,9 @@ def provenance(job: GenerationJob, stats: dict[str, dict]) -> dict:
         "class_names": list(spec.class_names),
         "class_counts": job.class_counts(),
         "processes": {c: spec.classes[c] for c in spec.class_names},
-        "pythia_settings": {
-            c: pythia_settings(spec, PROCESSES.get(p), seed=0, extra=job.extra_settings,
-                               pileup=job.pileup)[:-1]
+        "pythia_settings": {  # each shard's own Random:seed line is described under "seeds"
+            c: [line for line in pythia_settings(spec, PROCESSES.get(p), seed=0, extra=job.extra_settings,
+                                                 pileup=job.pileup) if line != "Random:seed = 0"]
             for c, p in spec.classes.items()
         },
         "seeds": "Random:seed of each shard = SeedSequence([seed, class index, shard index]) mod 9e8 + 1",
