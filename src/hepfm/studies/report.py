@@ -143,15 +143,18 @@ def _legend(ax: Any, outside: bool = False) -> None:
         ax.legend(fontsize=STYLE_TWEAKS["legend.fontsize"], **where)
 
 
+def pretraining_colours(keys: list[Any]) -> dict[Any, Any]:
+    """One colour per pretraining from a qualitative map (a style's own cycle may repeat after a few)."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10" if len(keys) <= 10 else "tab20"]
+    return {k: cmap(i % cmap.N) for i, k in enumerate(keys)}
+
+
 def _styles(cells: list[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
     """One colour per pretraining (shared by its modes), a line style per mode, grey baselines."""
     keys = sorted({(c["pretrain"], c["arch"]) for c in cells if c["mode"] in PRETRAINED_MODES})
-    import matplotlib
-
-    # an explicit qualitative map: a style's own colour cycle may repeat after a few lines
-    cmap = matplotlib.colormaps["tab10" if len(keys) <= 10 else "tab20"]
-    colours = [cmap(i % cmap.N) for i in range(len(keys))]
-    colour = dict(zip(keys, colours, strict=True))
+    colour = pretraining_colours(keys)
     scratch = sorted({c["arch"] for c in cells if c["mode"] == "scratch"})
     out: dict[tuple, dict[str, Any]] = {}
     for c in cells:
@@ -322,9 +325,10 @@ def _fig_label_efficiency(path: Path, task: str, eff: list[dict[str, Any]]) -> b
         lines.setdefault((e["pretrain"], e["mode"], e["head"]), []).append(e)
     many_heads = len({e["head"] for e in eff}) > 1
     all_n = [e["n_labels"] for e in eff] + [n for e in eff for n in e["scratch_n"]]
-    for i, ((pretrain, mode, head), rows) in enumerate(sorted(lines.items())):
+    colours = pretraining_colours(sorted({e["pretrain"] for e in eff}))
+    for (pretrain, mode, head), rows in sorted(lines.items()):
         rows.sort(key=lambda e: e["n_labels"])
-        colour = f"C{i % 10}"
+        colour = colours[pretrain]
         label = f"{mode} {pretrain}" + (f" [{head}]" if many_heads else "")
         ok = [e for e in rows if e["n_eq"] is not None]
         if ok:
