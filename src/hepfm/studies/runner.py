@@ -150,33 +150,21 @@ def pretraining_signature(spec: StudySpec, objective: str) -> dict[str, Any]:
     return architecture_signature(backbone_spec(model, FEATURE_SETS.get(data.features), data.max_particles))
 
 
-def count_jets(patterns: list[str]) -> int:
-    return sum(len(s) for s in open_sources(patterns))
-
-
-def labeled_classes(patterns: list[str], what: str) -> tuple[str, ...]:
-    sources = open_sources(patterns)
-    names = tuple(sources[0].class_names)
-    if not names:
-        raise HepfmInputError(f"{what}: these files hold no labels", sources[0].path)
-    for s in sources[1:]:
-        if tuple(s.class_names) != names:
-            raise HepfmInputError(f"{what}: classes {tuple(s.class_names)} differ from {names}", s.path)
-    return names
-
-
 def check_tasks(spec: StudySpec) -> None:
     """Classes agree across a task's files; N and pretraining sizes fit the data (before any run)."""
+    from hepfm.workflows.data import class_names
+
     if spec.finetune.modes:
-        available = count_jets(spec.pretraining.data)
+        available = sum(len(s) for s in open_sources(spec.pretraining.data))
         for size in spec.pretraining.sizes:
             if size != "all" and int(size) > available:
                 raise HepfmInputError(f"pretraining.sizes: {size} jets asked, the pretraining files hold "
                                       f"{available}", spec.pretraining.data[0])
     for t in spec.tasks:
-        names = labeled_classes(t.train, f"tasks.{t.name}.train")
+        train = open_sources(t.train)
+        names = class_names(train, f"tasks.{t.name}.train")
         for key in ("val", "test"):
-            other = labeled_classes(getattr(t, key), f"tasks.{t.name}.{key}")
+            other = class_names(open_sources(getattr(t, key)), f"tasks.{t.name}.{key}")
             if other != names:
                 raise HepfmInputError(f"tasks.{t.name}.{key}: classes {other} differ from the training "
                                       f"classes {names}", getattr(t, key)[0])
@@ -186,10 +174,9 @@ def check_tasks(spec: StudySpec) -> None:
                                       f"the files hold {names}", t.train[0])
             if t.signal_class is not None and t.signal_class not in names:
                 raise HepfmInputError(f"tasks.{t.name}.signal_class: {t.signal_class!r} is not one of "
-                                      f"{names}",
-                                      t.train[0])
+                                      f"{names}", t.train[0])
             continue
-        available = count_jets(t.train)
+        available = sum(len(s) for s in train)
         for n in t.n_labels:
             if n > available:
                 raise HepfmInputError(f"tasks.{t.name}.n_labels: {n} labels asked, the training files hold "
@@ -315,15 +302,16 @@ def execute(cell: Cell, study: str) -> dict[str, Any]:
     return row
 
 
-def _curve(run: Path, key: str) -> list[list[float]]:
-    """(step, value) of ``key`` in a run's metrics.jsonl."""
-    out = []
+def _curves(run: Path, *keys: str) -> dict[str, list[list[float]]]:
+    """(step, value) pairs of each of ``keys`` in a run's metrics.jsonl (read once)."""
+    out: dict[str, list[list[float]]] = {key: [] for key in keys}
     path = run / "metrics.jsonl"
     if path.exists():
         for line in path.read_text().splitlines():
             row = json.loads(line)
-            if key in row:
-                out.append([row["step"], row[key]])
+            for key in keys:
+                if key in row:
+                    out[key].append([row["step"], row[key]])
     return out
 
 
@@ -334,6 +322,7 @@ def _run_pretrain(cell: Cell, study: Path, run: Path) -> dict[str, Any]:
     if cell.restart or not finished(run, "backbone.safetensors"):
         pretrain(cell.args["preset"], cell.args["delta"], run, restart=cell.restart, progress=False)
     summary = json.loads((run / "train_summary.json").read_text())
+    curves = _curves(run, "train_loss", "val_loss")
     batch = _batch_size(run)
     diag = cell.args["diagnostics"]
     diagnostics = None
@@ -346,7 +335,7 @@ def _run_pretrain(cell: Cell, study: Path, run: Path) -> dict[str, Any]:
     return {"steps": summary["steps"], "jets_seen": summary["steps"] * batch, "seconds": summary["seconds"],
             "jets_per_second": summary["jets_per_second"], "device": summary["device"],
             "n_backbone_parameters": summary["n_backbone_parameters"],
-            "loss_curve": _curve(run, "train_loss"), "val_loss_curve": _curve(run, "val_loss"),
+            "loss_curve": curves["train_loss"], "val_loss_curve": curves["val_loss"],
             "diagnostics": diagnostics, "backbone_sha256": _weights_sha(run / "backbone.json")}
 
 
@@ -371,8 +360,9 @@ def _run_downstream(cell: Cell, study: Path, run: Path) -> dict[str, Any]:
     metrics = evaluate(run, a["test"], name="test", plots=False)
     summary = json.loads((run / "train_summary.json").read_text())
     per_epoch = summary["steps"] / summary["epochs"] if summary.get("epochs") else None
-    acc = {step: value for step, value in _curve(run, "val_accuracy")}
-    auc = {step: value for step, value in _curve(run, "val_auc")}
+    curves = _curves(run, "val_accuracy", "val_auc")
+    acc = {step: value for step, value in curves["val_accuracy"]}
+    auc = {step: value for step, value in curves["val_auc"]}
     curve = [[s, s / per_epoch if per_epoch else None, acc[s], auc.get(s)] for s in sorted(acc)]
     return {k: metrics[k] for k in ("accuracy", "auc", "rej50", "rej30")} | {
         "steps": summary["steps"], "epochs": summary.get("epochs"), "seconds": summary["seconds"],
@@ -455,22 +445,22 @@ def run_study(spec: StudySpec, out: str | Path, *, progress: bool = False,
         threads = max(1, _cores() // workers) if spec.executor.backend != "slurm" else 0
         try:
             rows1 = _run_phase(phase1, out, executor, threads, progress, "pretraining and baselines")
-            ready = {c.dir for c, r in zip(phase1, rows1, strict=True) if r["status"] == "ok"}
-            for c in phase2:  # a downstream cell keys on its pretraining's weights, known now
-                if c.args["mode"] != "scratch":
-                    c.key = cell_key({"cell": c.key, "weights": _weights_sha(out / c.args["pretrained"]
-                                                                           / "backbone.json")})
-            runnable = []
+            # the finished pretrainings and their weights' checksums (each pretraining row carries its own)
+            ready = {c.dir: r.get("backbone_sha256") for c, r in zip(phase1, rows1, strict=True)
+                     if c.kind == "pretrain" and r["status"] == "ok"}
+            runnable, skipped = [], []
             for c in phase2:
                 if c.args["mode"] == "scratch":  # any finished pretraining of its architecture will do
                     same = [p.dir for p in phase1 if p.dir in ready and p.row.get("arch") == c.row["arch"]]
                     c.args["pretrained"] = same[0] if same else c.args["pretrained"]
+                elif c.args["pretrained"] in ready:  # the others key on their pretraining's weights too
+                    c.key = cell_key({"cell": c.key, "weights": ready[c.args["pretrained"]]})
                 if c.args["pretrained"] in ready:
                     runnable.append(c)
+                else:
+                    skipped.append(c.row | {"status": "failed", "run_dir": c.dir,
+                                            "reason": f"its pretraining {c.args['pretrained']} failed"})
             rows2 = _run_phase(runnable, out, executor, threads, progress, "finetuning")
-            skipped = [c.row | {"status": "failed", "run_dir": c.dir,
-                                "reason": f"its pretraining {c.args['pretrained']} failed"}
-                       for c in phase2 if c not in runnable]
         finally:
             if hasattr(executor, "shutdown"):  # a pool; submitit's jobs outlive this process by design
                 executor.shutdown(cancel_futures=True)

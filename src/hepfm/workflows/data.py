@@ -137,10 +137,12 @@ def available_fields(source: Any) -> set[str]:
 
 
 def class_names(sources: list[Any], what: str) -> tuple[str, ...]:
-    """The classes the files share; labels are required."""
+    """The classes the files share; labels are required. A file whose classes differ from the first's is
+    named."""
     names = {tuple(s.class_names) for s in sources}
     if len(names) > 1:
-        raise HepfmInputError(f"{what} files have different classes: {sorted(names)}")
+        odd = next(s for s in sources if tuple(s.class_names) != tuple(sources[0].class_names))
+        raise HepfmInputError(f"{what} files have different classes: {sorted(names)}", odd.path)
     unlabeled = [str(s.path) for s in sources if not s.has_labels]
     if unlabeled:
         raise HepfmInputError(f"supervised training needs labels, but {what} file has none", unlabeled[0])
