@@ -104,7 +104,7 @@ class Cell:
     args: dict[str, Any] = field(default_factory=dict)
     row: dict[str, Any] = field(default_factory=dict)  # what the report shows about it
     restart: bool = False
-    threads: int = 1
+    threads: int | None = 1  # torch threads; None: torch's own default (a SLURM job's allocation)
 
 
 @dataclass
@@ -284,7 +284,8 @@ def execute(cell: Cell, study: str) -> dict[str, Any]:
     Module-level and given plain data so that process pools and SLURM can ship it."""
     import torch
 
-    torch.set_num_threads(cell.threads)
+    if cell.threads is not None:
+        torch.set_num_threads(cell.threads)
     run = Path(study) / cell.dir
     t0 = time.perf_counter()
     try:
@@ -442,7 +443,7 @@ def run_study(spec: StudySpec, out: str | Path, *, progress: bool = False,
         write_json_atomic(out / "study.json", spec.to_dict())
         phase1, phase2 = plan(spec, out)
         executor, workers = make_executor(spec, out)
-        threads = max(1, _cores() // workers) if spec.executor.backend != "slurm" else 0
+        threads = max(1, _cores() // workers) if spec.executor.backend != "slurm" else None
         try:
             rows1 = _run_phase(phase1, out, executor, threads, progress, "pretraining and baselines")
             # the finished pretrainings and their weights' checksums (each pretraining row carries its own)
@@ -468,7 +469,7 @@ def run_study(spec: StudySpec, out: str | Path, *, progress: bool = False,
     return result
 
 
-def _run_phase(cells: list[Cell], out: Path, executor: Any, threads: int, progress: bool,
+def _run_phase(cells: list[Cell], out: Path, executor: Any, threads: int | None, progress: bool,
                what: str) -> list[dict[str, Any]]:
     """Rows of ``cells`` in order: finished ones read back, the others run through ``executor``."""
     from tqdm import tqdm
@@ -476,7 +477,7 @@ def _run_phase(cells: list[Cell], out: Path, executor: Any, threads: int, progre
     rows: list[dict[str, Any] | None] = [None] * len(cells)
     jobs = []
     for i, c in enumerate(cells):
-        c.threads = threads or 1
+        c.threads = threads
         c.restart = claim_cell(out / c.dir, {"key": c.key})
         done = _finished_row(out / c.dir, c.key, c.args.get("test_ids"))
         if done is not None and not c.restart:
