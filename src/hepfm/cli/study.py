@@ -19,6 +19,8 @@ def _names(text: str) -> list[str]:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from hepfm.studies.spec import BACKENDS
+
     p = sub.add_parser(
         "study",
         help="run a study: a grid of pretraining and finetuning runs with its report",
@@ -39,7 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--data-dir", help="folder of the study's relative file names (default: the YAML's "
                    "data_dir, relative to the YAML file)")
     r.add_argument("--workers", type=int, help="cells run in parallel (overrides executor.workers)")
-    r.add_argument("--backend", choices=("local", "serial", "slurm"), help="overrides executor.backend")
+    r.add_argument("--backend", choices=BACKENDS, help="overrides executor.backend")
     r.add_argument("--progress", action="store_true")
     r.set_defaults(func=run)
 
@@ -69,7 +71,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--finetune-set", action="append", default=[], metavar="KEY=VALUE")
     f.add_argument("--no-baseline", action="store_true", help="skip the trees on high-level features")
     f.add_argument("--workers", type=int)
-    f.add_argument("--backend", choices=("local", "serial", "slurm"), default="local")
+    f.add_argument("--backend", choices=BACKENDS, default="local")
     f.add_argument("--progress", action="store_true")
     f.set_defaults(func=run)
 

@@ -10,12 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from hepfm.io import atomic_path, check_output_dir
 from hepfm.options import require
-from hepfm.studies.runner import check_tasks, run_study
-from hepfm.studies.spec import check_presets, spec_from_dict
+from hepfm.studies.runner import run_study
+from hepfm.studies.spec import spec_from_dict
 
 
 def fewshot_spec(*, pretrain_data: list[str], train: list[str], val: list[str], test: list[str],
@@ -44,11 +41,5 @@ def fewshot_spec(*, pretrain_data: list[str], train: list[str], val: list[str], 
 
 def run_fewshot(out: str | Path, content: dict[str, Any], *, progress: bool = False,
                 command: str = "") -> dict[str, Any]:
-    out = check_output_dir(out)
-    spec = spec_from_dict(content, out / "study.yaml")  # checked whole before anything is written
-    check_presets(spec)
-    check_tasks(spec)
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / "study.yaml") as tmp:
-        tmp.write_text(yaml.safe_dump(content, sort_keys=False))
-    return run_study(spec, out, progress=progress, command=command)
+    spec = spec_from_dict(content, Path(out) / "study.yaml")
+    return run_study(spec, out, progress=progress, command=command, study_file=content)

@@ -31,10 +31,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from hepfm.configs import load_preset, merge
 from hepfm.data.formats import expand_patterns, open_sources
 from hepfm.errors import HepfmInputError
-from hepfm.io import file_identity, json_default, output_lock, write_json_atomic
+from hepfm.io import (
+    atomic_path,
+    check_output_dir,
+    file_identity,
+    json_default,
+    output_lock,
+    write_json_atomic,
+)
 from hepfm.studies.spec import StudySpec, check_presets
 from hepfm.training.config import apply_overrides
 
@@ -431,15 +440,21 @@ def make_executor(spec: StudySpec, out: Path) -> tuple[Any, int]:
 
 
 # -- the study
-def run_study(spec: StudySpec, out: str | Path, *, progress: bool = False,
-              command: str = "") -> dict[str, Any]:
-    """Run (or resume) a study into ``out``: results.json / results.csv / report.md / report.html."""
-    out = Path(out)
+def run_study(spec: StudySpec, out: str | Path, *, progress: bool = False, command: str = "",
+              study_file: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run (or resume) a study into ``out``: results.json / results.csv / report.md / report.html.
+
+    ``study_file``: the YAML content the study was built from, written to ``out/study.yaml`` once the
+    study has passed its checks (a study made from flags records the file it stands for)."""
+    out = check_output_dir(out)
     check_presets(spec)
     check_tasks(spec)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     with output_lock(out, directory=True):
+        if study_file is not None:
+            with atomic_path(out / "study.yaml") as tmp:
+                tmp.write_text(yaml.safe_dump(study_file, sort_keys=False))
         write_json_atomic(out / "study.json", spec.to_dict())
         phase1, phase2 = plan(spec, out)
         executor, workers = make_executor(spec, out)
