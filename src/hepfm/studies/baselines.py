@@ -143,9 +143,6 @@ def bdt_baseline(train: list[str], val: list[str], test: list[str], *, n_labels:
         raise HepfmInputError("the baseline needs training (--data) and test files")
     train_src = open_sources(train, max_particles=max_particles)
     names = class_names(train_src, "training")
-    if n_labels < max(1, len(names)):
-        raise HepfmInputError(f"--n-labels {n_labels} is fewer than the {len(names)} classes "
-                              f"({', '.join(names)}): every class needs at least one label")
     val_src = open_sources(val, max_particles=max_particles) if val else []
     test_src = open_sources(test, max_particles=max_particles)
     _check_labeled(val_src, names, "validation")

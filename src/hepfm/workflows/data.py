@@ -62,9 +62,6 @@ def open_data(cfg: DataConfig, fs: FeatureSet, *, seed: int, labels: Labels, num
     per_class: dict[str, int] = {}
     sources, n_jets, streaming = train_src, cfg.n_train, cfg.streaming
     if n_labels is not None:
-        if n_labels < max(1, len(names)):
-            raise HepfmInputError(f"--n-labels {n_labels} is fewer than the {len(names)} classes "
-                                  f"({', '.join(names)}): every class needs at least one label")
         subset, per_class = balanced_subset(train_src, n_labels, seed)
         sources = [ArraySource(subset, path=f"{train_src[0].path}[{n_labels} labels]")]
         n_jets, streaming = None, False
@@ -187,7 +184,11 @@ def check_val_classes(loader: Any, n_classes: int, path: Any) -> None:
 
 def balanced_subset(sources: list[Any], n_labels: int, seed: int) -> tuple[JetChunk, dict[str, int]]:
     """``n_labels`` jets, as equal per class as the data allow, drawn with ``seed`` (reads labels in
-    chunks)."""
+    chunks). Every class needs at least one of the labels."""
+    names = tuple(sources[0].class_names)
+    if n_labels < max(1, len(names)):
+        raise HepfmInputError(f"--n-labels {n_labels} is fewer than the {len(names)} classes "
+                              f"({', '.join(names)}): every class needs at least one label")
     labels = []
     for s in sources:
         for start in range(0, len(s), READ_CHUNK):
@@ -218,7 +219,6 @@ def balanced_subset(sources: list[Any], n_labels: int, seed: int) -> tuple[JetCh
         offset += len(s)
     subset = JetChunk.concat(chunks)
     subset = subset.take(rng.permutation(len(subset)))
-    names = sources[0].class_names
     return subset, {names[c]: int(quota[c]) for c in per_class}
 
 
