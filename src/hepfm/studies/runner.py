@@ -221,20 +221,26 @@ def plan(spec: StudySpec, out: Path) -> tuple[list[Cell], list[Cell]]:
 
     tasks = concrete_tasks(spec, out)
     p, f = spec.pretraining, spec.finetune
+    # file identities hash each file's head and tail: once per file, not once per cell
+    ids = {t.name: {k: identities(getattr(t, k)) for k in ("train", "val", "test")} for t in tasks}
     phase1: list[Cell] = []
     phase2: list[Cell] = []
     scratch_done: set[tuple] = set()
     if f.modes:
         pretrain_files = identities(p.data) + identities(p.val)
+        finetune_base = load_preset("finetune", f.preset)
+        for head in f.heads:  # every value a downstream cell sets resolves (the files are checked apart)
+            resolve_finetune(f.preset, finetune_delta(spec, tasks[0], head, spec.seeds[0]))
         for objective in p.objectives:
             preset = p.preset or f"{objective}-cpu"
+            pretrain_base = load_preset("pretrain", preset)
             signature = pretraining_signature(spec, objective)
             arch = architecture_key(signature)
             for size in p.sizes:
                 pkey = pretraining_key(objective, size)
                 delta = pretrain_delta(spec, objective, size)
                 pdir = f"pretrain/{pkey}"
-                config = merge(load_preset("pretrain", preset), delta)
+                config = merge(pretrain_base, delta)
                 phase1.append(Cell("pretrain", pdir, cell_key({"config": config, "data": pretrain_files}),
                                    {"preset": preset, "delta": delta, "diagnostics": asdict(p.diagnostics)},
                                    {"key": pkey, "objective": objective, "pretrain_size": size,
@@ -246,18 +252,16 @@ def plan(spec: StudySpec, out: Path) -> tuple[list[Cell], list[Cell]]:
                             continue
                         scratch_done.add((task.name, arch, head, n, seed))
                     delta = finetune_delta(spec, task, head, seed)
-                    resolve_finetune(f.preset, delta)
                     where = f"scratch-{arch}" if scratch else pkey
                     run = f"runs/{task.name}/{where}/{mode}-{head}/n{n}/seed{seed}"
-                    inputs = {"config": merge(load_preset("finetune", f.preset), delta), "mode": mode,
-                              "n_labels": n, "data": {"train": identities(task.train),
-                                                      "val": identities(task.val)},
+                    inputs = {"config": merge(finetune_base, delta), "mode": mode, "n_labels": n,
+                              "data": {"train": ids[task.name]["train"], "val": ids[task.name]["val"]},
                               # scratch depends on the architecture only; the others on the pretraining
                               "backbone": signature if scratch else phase1[-1].key}
                     phase2.append(Cell(
                         "downstream", run, cell_key(inputs),
                         {"pretrained": pdir, "preset": f.preset, "delta": delta, "mode": mode, "n_labels": n,
-                         "test": task.test, "test_ids": identities(task.test)},
+                         "test": task.test, "test_ids": ids[task.name]["test"]},
                         {"task": task.name, "objective": "none" if scratch else objective,
                          "pretrain": "" if scratch else pkey, "pretrain_size": None if scratch else size,
                          "arch": arch, "mode": mode, "head": head, "n_labels": n, "seed": seed,
@@ -265,8 +269,7 @@ def plan(spec: StudySpec, out: Path) -> tuple[list[Cell], list[Cell]]:
     if "bdt" in spec.baselines:
         for task, _, n, seed, _ in _grid(tasks, ["trees"], spec.seeds, ["bdt"]):
             run = f"runs/{task.name}/bdt/n{n}/seed{seed}"
-            inputs = {"kind": "bdt", "n_labels": n, "seed": seed, "train": identities(task.train),
-                      "val": identities(task.val), "test": identities(task.test)}
+            inputs = {"kind": "bdt", "n_labels": n, "seed": seed, **ids[task.name]}
             phase1.append(Cell("bdt", run, cell_key(inputs),
                                {"train": task.train, "val": task.val, "test": task.test, "n_labels": n,
                                 "seed": seed},
