@@ -57,8 +57,8 @@ def mixed_samples(task: Any, fraction: float, out: Path,
     inputs = {"train": [file_identity(p) for p in task.train], "val": [file_identity(p) for p in task.val],
               "fraction": fraction, "seed": seed, "signal_class": task.signal_class}
     record = out / "mixture.json"
-    if record.exists() and json.loads(record.read_text()).get("inputs") == inputs:
-        saved = json.loads(record.read_text())
+    saved = json.loads(record.read_text()) if record.exists() else {}
+    if saved.get("inputs") == inputs:
         return (saved["train"], saved["n_train"]), (saved["val"], saved["n_val"])
     rng = np.random.default_rng([seed, round(fraction * 1e6)])
     paths: dict[str, Any] = {}
