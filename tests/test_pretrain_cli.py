@@ -72,6 +72,44 @@ def test_finetune_modes_and_evaluate(pretrained, toptag_files, tmp_path, mode, c
         assert m["auc"] > 0.7, m["auc"]
 
 
+def test_finetune_protocol_from_the_cli(pretrained, toptag_files, tmp_path):
+    """The backbone multiplier follows the objective the backbone was pretrained with; probe steps leave
+    the backbone exactly as pretrained; all of it is recorded in the run's config."""
+    import yaml
+    from safetensors.torch import load_file
+
+    f = toptag_files
+    per_objective = json.dumps({"jetclr": 0.0, "default": 1.0})
+
+    def run(objective: str, name: str, *extra: str) -> tuple[bool, dict]:
+        out = tmp_path / name
+        assert main(["finetune", "--pretrained", str(pretrained[objective]), "--data", str(f["train"]),
+                     "--val", str(f["val"]), "--n-labels", "100", "--out", str(out), *FT, *extra]) == 0
+        pre = load_file(str(pretrained[objective] / "backbone.safetensors"))
+        last = torch.load(out / "checkpoints" / "last.pt", weights_only=False)["model"]
+        # batch-norm statistics are buffers: a backbone in training mode updates them even at rate 0
+        buffers = {k for k in pre if "running_" in k or "num_batches" in k}
+        kept = all(torch.equal(last[f"backbone.{k}"], v) for k, v in pre.items()
+                   if all_state or k not in buffers)
+        return kept, yaml.safe_load((out / "config.yaml").read_text())
+
+    all_state = False
+    kept, cfg = run("jetclr", "by-objective", "-o", f"finetune.backbone_lr_scale={per_objective}")
+    assert kept
+    assert cfg["protocol"]["backbone_lr_scale"] == 0.0
+    all_state = True  # a probed backbone runs in eval mode: nothing in it changes
+    kept, cfg = run("mpm", "default", "-o", f"finetune.backbone_lr_scale={per_objective}")
+    assert not kept
+    assert cfg["protocol"]["backbone_lr_scale"] == 1.0
+    kept, cfg = run("mpm", "all-probe", "--probe-steps", "30")  # as many as the run's steps
+    assert kept
+    assert cfg["protocol"]["probe_steps"] == 30
+    kept, cfg = run("mpm", "probe-then-tune", "--probe-steps", "10", "--layer-decay", "0.5",
+                    "--backbone-lr-scale", "1")
+    assert not kept
+    assert cfg["protocol"] == {"backbone_lr_scale": 1.0, "layer_decay": 0.5, "probe_steps": 10}
+
+
 def test_embed_diagnostics(pretrained, toptag_files, capsys):
     assert main(["embed", str(pretrained["supervised"]), "--data", str(toptag_files["test"]),
                  "--n-jets", "200", "--json"]) == 0

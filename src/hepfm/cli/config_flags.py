@@ -74,6 +74,12 @@ FLAGS: dict[str, tuple[ConfigFlag, ...]] = {
                  ConfigFlag("--head", "head.name", HEADS), STEPS, EPOCHS, BATCH_SIZE, LR,
                  ConfigFlag("--backbone-lr-scale", "finetune.backbone_lr_scale",
                             "learning-rate multiplier of the pretrained backbone (--mode finetune)", "float"),
+                 ConfigFlag("--layer-decay", "finetune.layer_decay",
+                            "layer-wise learning-rate decay of the backbone, in (0, 1] (--mode finetune)",
+                            "float"),
+                 ConfigFlag("--probe-steps", "finetune.probe_steps",
+                            "train the head alone on the frozen backbone for this many steps first "
+                            "(--mode finetune)", "int"),
                  SEED, DEVICE, SKIP_BAD),
 }
 

@@ -55,13 +55,46 @@ class HeadConfig:
 
 @dataclass
 class FinetuneConfig:
-    #: learning-rate multiplier of the pretrained backbone (``--mode finetune`` only); 0 freezes it in effect
-    backbone_lr_scale: float = 1.0
+    """How ``--mode finetune`` trains the pretrained backbone; the head always trains at the full rate.
+
+    Why these three: a pretrained backbone trained at the head's rate forgets what it learned before the
+    new head is any good, most of all when the head starts random. Each knob limits that differently:
+    a smaller backbone rate, smaller rates for the lower layers (which hold the most generic features),
+    or a head trained alone first so that the first backbone gradients already point somewhere useful
+    (linear-probe-then-finetune, Kumar et al. 2022, arXiv:2202.10054).
+    """
+
+    #: learning-rate multiplier of the pretrained backbone: one number, or a mapping from the objective the
+    #: backbone was pretrained with (``pretrained_with`` in its backbone.json) to a number, ``default`` for
+    #: the rest; 0 freezes the backbone in effect
+    backbone_lr_scale: float | dict[str, float] = 1.0
+    #: layer-wise learning-rate decay: block i of L (1-based) gets layer_decay ** (L + 1 - i) on top of
+    #: the backbone multiplier, the input embedding layer_decay ** (L + 1); 1 turns it off
+    layer_decay: float = 1.0
+    #: linear-probe-then-finetune: the first probe_steps steps train the head alone on the frozen backbone
+    probe_steps: int = 0
 
     def __post_init__(self) -> None:
-        require(
-            self.backbone_lr_scale >= 0, "finetune.backbone_lr_scale", "must be >= 0", self.backbone_lr_scale
-        )
+        from hepfm.objectives.registry import objective_names
+
+        key = "finetune.backbone_lr_scale"
+        scales = self.backbone_lr_scale if isinstance(self.backbone_lr_scale, dict) else {"default":
+                                                                                          self.backbone_lr_scale}
+        known = ("default", *objective_names())
+        check_known(scales, known, key, what="objective")
+        for name, value in scales.items():
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+            require(ok, f"{key}.{name}" if isinstance(self.backbone_lr_scale, dict) else key,
+                    "must be a number >= 0", value)
+        require(0 < self.layer_decay <= 1, "finetune.layer_decay", "must be in (0, 1]", self.layer_decay)
+        require(self.probe_steps >= 0, "finetune.probe_steps", "must be >= 0", self.probe_steps)
+
+    def lr_scale_for(self, objective: str | None) -> float:
+        """The backbone multiplier for a backbone pretrained with ``objective`` (None: not recorded)."""
+        if not isinstance(self.backbone_lr_scale, dict):
+            return float(self.backbone_lr_scale)
+        scales = self.backbone_lr_scale
+        return float(scales.get(objective or "default", scales.get("default", 1.0)))
 
 
 @dataclass

@@ -16,6 +16,9 @@ from torch import nn
 
 from hepfm.contracts import BackboneOutput, ParticleBatch
 
+#: Attribute names of the ``nn.ModuleList`` that holds a backbone's repeated layers, in order of preference.
+LAYER_STACKS = ("blocks", "edge_convs", "layers")
+
 
 def used_length(mask: torch.Tensor) -> int:
     """1 + the index of the last slot that holds a real particle in any jet (at least 1).
@@ -74,6 +77,29 @@ class Backbone(nn.Module):
     def no_weight_decay(self) -> set[str]:
         """Parameter names to exclude from weight decay (class tokens and similar)."""
         return set()
+
+    def parameter_depths(self) -> tuple[dict[str, int], int]:
+        """(parameter name -> depth, top depth) for layer-wise learning-rate decay.
+
+        Entry i of the backbone's stack of layers (the first of ``LAYER_STACKS`` it has) is depth i + 1;
+        modules registered before the stack (input embeddings) are depth 0; everything else (parameters
+        of the backbone itself such as class tokens, class-attention blocks, final norms and head
+        layers, all read after the stack) is the top depth L + 1. A backbone without a stack puts
+        every parameter at the top, so layer decay leaves it alone.
+        """
+        children = [name for name, _ in self.named_children()]
+        stack = next((name for name in LAYER_STACKS if isinstance(getattr(self, name, None), nn.ModuleList)),
+                     None)
+        n_layers = len(getattr(self, stack)) if stack else 0
+        below = set(children[: children.index(stack)]) if stack else set()
+        depths = {}
+        for name, _ in self.named_parameters():
+            first, _, rest = name.partition(".")
+            if first == stack:
+                depths[name] = int(rest.partition(".")[0]) + 1
+            else:
+                depths[name] = 0 if first in below else n_layers + 1
+        return depths, n_layers + 1
 
     def check_batch(self, batch: ParticleBatch) -> None:
         """Raise ValueError with the expected and actual shapes if ``batch`` does not fit."""

@@ -2,8 +2,9 @@
 
 An objective is an ``nn.Module`` whose ``forward(batch)`` returns an :class:`ObjectiveOutput` with a
 scalar ``loss`` (and tensors to log). The training engine calls only ``forward`` (training and
-validation), ``on_step_end`` (EMA teachers, schedules), ``collapsed`` and the optimizer hooks; the
-pretrain workflow calls ``prepare`` once before training. Neither branches on the method.
+validation), ``on_step_start`` / ``on_step_end`` (phases, EMA teachers, schedules), ``collapsed`` and
+the optimizer hooks; the pretrain workflow calls ``prepare`` once before training. Neither branches on
+the method.
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ class Objective(nn.Module):
 
     def forward(self, batch: ParticleBatch) -> ObjectiveOutput:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def on_step_start(self, step: int, total_steps: int) -> None:
+        """Called before every optimizer step's forward passes, on a resume too (e.g. to end a phase)."""
 
     def on_step_end(self, step: int, total_steps: int) -> None:
         """Called after every optimizer step (e.g. to update an EMA target encoder)."""

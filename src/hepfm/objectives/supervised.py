@@ -28,23 +28,37 @@ class Supervised(Objective):
     name = "supervised"
 
     def __init__(self, backbone: Backbone, head: Head, *, label_smoothing: float = 0.0,
-                 backbone_lr_scale: float = 1.0, freeze_backbone: bool = False) -> None:
+                 backbone_lr_scale: float = 1.0, layer_decay: float = 1.0, probe_steps: int = 0,
+                 freeze_backbone: bool = False) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
         self.label_smoothing = label_smoothing
         self.backbone_lr_scale = backbone_lr_scale
+        self.layer_decay = layer_decay
+        self.probe_steps = probe_steps
         self.freeze_backbone = freeze_backbone
+        self.probing = probe_steps > 0  # linear-probe-then-finetune: head alone until probe_steps
         if freeze_backbone:
             self.backbone.requires_grad_(False)
 
     def train(self, mode: bool = True) -> Supervised:
         super().train(mode)
-        if self.freeze_backbone:  # a frozen backbone is a fixed feature extractor: no dropout noise
+        if self.freeze_backbone or self.probing:  # a fixed feature extractor: no dropout noise
             self.backbone.eval()
         return self
 
+    def on_step_start(self, step: int, total_steps: int) -> None:
+        probing = step < self.probe_steps
+        if probing != self.probing:
+            self.probing = probing
+            self.train(self.training)
+
     def logits(self, batch: ParticleBatch) -> torch.Tensor:
+        if self.probing:  # no graph through the backbone: its parameters get no gradient, so no update
+            with torch.no_grad():
+                features = self.backbone(batch)
+            return self.head(features)
         return self.head(self.backbone(batch))
 
     def forward(self, batch: ParticleBatch) -> ObjectiveOutput:
@@ -56,4 +70,9 @@ class Supervised(Objective):
         return ObjectiveOutput(loss, {"accuracy": acc}, logits)
 
     def param_groups_lr_scale(self) -> dict[str, float]:
-        return {"backbone.": self.backbone_lr_scale} if self.backbone_lr_scale != 1.0 else {}
+        """The backbone's multiplier, times layer_decay ** (top - depth) per parameter when decay is on."""
+        if self.layer_decay == 1.0:
+            return {"backbone.": self.backbone_lr_scale} if self.backbone_lr_scale != 1.0 else {}
+        depths, top = self.backbone.parameter_depths()
+        return {f"backbone.{name}": self.backbone_lr_scale * self.layer_decay ** (top - depth)
+                for name, depth in depths.items()}

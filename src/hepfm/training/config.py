@@ -21,7 +21,6 @@ class OptimConfig:
     eps: float = 1e-8  # JetCLR at scale used Adam eps 1e-4 with AMP
     lookahead_k: int = 6
     lookahead_alpha: float = 0.5
-    backbone_lr_scale: float = 1.0  # finetuning: learning-rate multiplier of pretrained parameters
 
     def __post_init__(self) -> None:
         from hepfm.training.optim import OPTIMIZERS  # the registry is the list of names (lazy: it imports us)
@@ -35,8 +34,6 @@ class OptimConfig:
         require(self.lookahead_k >= 1, "train.optim.lookahead_k", "must be >= 1", self.lookahead_k)
         require(0 < self.lookahead_alpha <= 1, "train.optim.lookahead_alpha", "must be in (0, 1]",
                 self.lookahead_alpha)
-        require(self.backbone_lr_scale >= 0, "train.optim.backbone_lr_scale", "must be >= 0",
-                self.backbone_lr_scale)
 
 
 @dataclass

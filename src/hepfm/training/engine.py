@@ -1,9 +1,9 @@
 """The one training loop, shared by supervised training and every pretraining objective.
 
 It knows only the :class:`~hepfm.objectives.base.Objective` contract (``forward(batch)`` returns a
-loss). Phases per step: schedule -> (micro-batches: autocast forward, scaled backward) -> unscale,
-clip, step -> ``on_step_end`` -> periodic log / validate / checkpoint. Losses stay on the device and
-are read only at log time, so the step never waits on the GPU.
+loss). Phases per step: schedule -> ``on_step_start`` -> (micro-batches: autocast forward, scaled
+backward) -> unscale, clip, step -> ``on_step_end`` -> periodic log / validate / checkpoint. Losses stay
+on the device and are read only at log time, so the step never waits on the GPU.
 
 A fit ends at its step budget (``train.max_steps``, or ``train.max_epochs`` passes over the training
 loader if that comes first; the schedule spans it), on early stopping, or at the wall-clock guard
@@ -303,6 +303,7 @@ class Trainer:
             # The RNG stream (dropout, augmentations, masks) is a function of (seed, step, rank) alone, so
             # a resumed run draws exactly what the uninterrupted one would, whatever the loader consumed.
             torch.manual_seed((cfg.seed * 1_000_003 + self.step) * self.dist.world_size + self.dist.rank)
+            self.objective.on_step_start(self.step, total)
             for micro in range(cfg.grad_accum):
                 batch = next(batches).to(self.device, non_blocking=True)
                 sync = micro == cfg.grad_accum - 1 or not self.dist.enabled

@@ -26,7 +26,9 @@ def param_groups(
         if not p.requires_grad:
             continue
         wd = 0.0 if (p.ndim <= 1 or name in no_decay or name.endswith(".bias")) else cfg.weight_decay
-        scale = next((s for prefix, s in lr_scale.items() if name.startswith(prefix)), 1.0)
+        scale = lr_scale.get(name)  # a parameter's own name first (layer decay), then the first prefix
+        if scale is None:
+            scale = next((s for prefix, s in lr_scale.items() if name.startswith(prefix)), 1.0)
         groups[(wd, scale)].append(p)
     return [
         {"params": ps, "weight_decay": wd, "lr": cfg.lr * scale, "lr_scale": scale}

@@ -1,7 +1,8 @@
 """``hepfm finetune``: few-label training starting from a pretrained backbone, or the fair baselines.
 
 Modes:
-  * ``finetune``: pretrained backbone + new head, both trained (backbone LR x ``backbone_lr_scale``);
+  * ``finetune``: pretrained backbone + new head, both trained under the ``finetune`` section's protocol
+    (backbone LR multiplier per pretraining objective, layer-wise decay, head-only probe steps first);
   * ``frozen``: pretrained backbone fixed, only the head trains (``--head linear`` = a linear probe);
   * ``scratch``: the same architecture re-initialised (the fair baseline at the same N labels).
 The N labeled jets are drawn reproducibly and class-balanced from the training files; model
@@ -56,6 +57,16 @@ def resolve(preset: str, delta: dict[str, Any], bb_spec: dict[str, Any] | None =
         TrainConfig.from_dict(d.get("train", {}))
 
 
+def protocol(ft: FinetuneConfig, mode: str, bb_spec: dict[str, Any]) -> dict[str, Any]:
+    """The finetuning knobs a mode uses: all of them for ``finetune``, with the backbone multiplier of the
+    objective the backbone was pretrained with; none for ``frozen`` (no backbone update) and ``scratch``
+    (nothing to keep: the same architecture re-initialised)."""
+    if mode != "finetune":
+        return {"backbone_lr_scale": 1.0, "layer_decay": 1.0, "probe_steps": 0}
+    return {"backbone_lr_scale": ft.lr_scale_for(bb_spec.get("pretrained_with")),
+            "layer_decay": ft.layer_decay, "probe_steps": ft.probe_steps}
+
+
 def finetune(pretrained: str | Path | None, preset: str, delta: dict[str, Any], out: str | Path, *,
              mode: str, n_labels: int | None, restart: bool = False, progress: bool = True) -> dict[str, Any]:
     if mode not in MODES:
@@ -82,13 +93,13 @@ def finetune(pretrained: str | Path | None, preset: str, delta: dict[str, Any], 
         spec = model_spec(mcfg, fs, class_names, data.max_particles) | {
             "finetune": {"mode": mode, "pretrained": str(bb_file), "n_labels": n_labels,
                          "per_class": per_class}}
-        objective = build_classifier(spec, freeze_backbone=mode == "frozen",
-                                     backbone_lr_scale=ft.backbone_lr_scale if mode == "finetune" else 1.0)
+        objective = build_classifier(spec, freeze_backbone=mode == "frozen", **protocol(ft, mode, bb_spec))
         if mode != "scratch":
             ckpt.load_state_into(objective.backbone, bb_state, bb_file)
 
         resolved = {"pretrained": str(bb_file), "mode": mode, "n_labels": n_labels, "data": asdict(data),
-                    "head": asdict(head), "finetune": asdict(ft), "train": tcfg.to_dict()}
+                    "head": asdict(head), "finetune": asdict(ft), "protocol": protocol(ft, mode, bb_spec),
+                    "train": tcfg.to_dict()}
         write_run_header(out, resolved, preset, d.train_sources, d.val_sources, pretrained_spec=bb_spec,
                          per_class=per_class)
         res = Trainer(objective, tcfg, out, spec, validation_metrics(class_names)).fit(
