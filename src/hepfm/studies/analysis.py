@@ -21,10 +21,16 @@ QUANTITIES = (*METRICS, "steps_to_1pct", "epochs_to_1pct", "seconds")
 #: Modes that start from a pretrained backbone (the ones compared with scratch).
 PRETRAINED_MODES = ("finetune", "frozen")
 #: What identifies a cell: seeds of the same cell are averaged.
-CELL_KEY = ("task", "pretrain", "arch", "mode", "head", "n_labels")
+CELL_KEY = ("task", "pretrain", "arch", "mode", "recipe", "head", "n_labels")
 #: Row order within a task and N: the baselines first, then the pretrained modes.
 _MODE_ORDER = {"bdt": 0, "scratch": 1, "finetune": 2, "frozen": 3}
 _VERB = {"finetune": "finetuned", "frozen": "frozen"}
+
+
+def mode_label(c: dict[str, Any]) -> str:
+    """A cell's mode as tables and legends show it: ``finetune[lpft]`` for a named finetuning recipe."""
+    recipe = c.get("recipe")
+    return f"{c['mode']}[{recipe}]" if recipe else str(c["mode"])
 
 
 def convergence(curve: Sequence[Sequence[Any]], tol: float = 0.01) -> tuple[int | None, float | None]:
@@ -77,7 +83,7 @@ def _dedup(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _cell_sort_key(c: dict[str, Any]) -> tuple:
     return (str(c["task"]), int(c["n_labels"]), _MODE_ORDER.get(c["mode"], 9), str(c["arch"]),
-            str(c["head"]), str(c["pretrain"]))
+            str(c["head"]), str(c["pretrain"]), str(c.get("recipe") or ""))
 
 
 def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -200,7 +206,8 @@ def label_efficiency(cells: list[dict[str, Any]], metric: str = "auc") -> list[d
 
 def _describe(c: dict[str, Any], with_task: bool, with_head: bool) -> str:
     """How a pretrained cell is named in a sentence, e.g. ``finetuned jetclr-n8000 (mlp head) on top``."""
-    text = f"{_VERB.get(c['mode'], c['mode'])} {c['pretrain']}"
+    recipe = f" (recipe {c['recipe']})" if c.get("recipe") else ""
+    text = f"{_VERB.get(c['mode'], c['mode'])} {c['pretrain']}{recipe}"
     if with_head:
         text += f" ({c['head']} head)"
     if with_task:
@@ -253,7 +260,7 @@ def summary_sentence(cells: list[dict[str, Any]]) -> str:
     else:
         groups: dict[tuple, list[dict[str, Any]]] = {}
         for c in comps:
-            groups.setdefault((c["task"], c["pretrain"], c["mode"], c["head"]), []).append(c)
+            groups.setdefault((c["task"], c["pretrain"], c["mode"], c.get("recipe"), c["head"]), []).append(c)
 
         def score(key: tuple) -> tuple[int, float]:
             won = [c for c in groups[key] if id(c) in wins]

@@ -41,6 +41,7 @@ from hepfm.studies.analysis import (
     aggregate,
     convergence,
     label_efficiency,
+    mode_label,
     summary_sentence,
 )
 
@@ -51,9 +52,9 @@ STYLE = "ROOT"
 STYLE_TWEAKS: dict[str, Any] = {"font.size": 13.0, "legend.fontsize": 8.0, "figure.figsize": (7.0, 5.0)}
 
 #: Columns of results.csv, in order (any other run key but the curve is appended after these).
-RUN_COLUMNS = ("task", "objective", "pretrain", "pretrain_size", "arch", "mode", "head", "n_labels", "seed",
-               "status", "reason", *METRICS, "steps", "epochs", "steps_to_1pct", "epochs_to_1pct", "seconds",
-               "device", "run_dir")
+RUN_COLUMNS = ("task", "objective", "pretrain", "pretrain_size", "arch", "mode", "recipe", "head",
+               "n_labels", "seed", "status", "reason", *METRICS, "steps", "epochs", "steps_to_1pct",
+               "epochs_to_1pct", "seconds", "device", "run_dir")
 _DIGITS = {"accuracy": 4, "auc": 4, "rej50": 1, "rej30": 1, "steps_to_1pct": 0, "epochs_to_1pct": 2,
            "seconds": 1}
 _LABEL = {"accuracy": "accuracy", "auc": "AUC", "rej50": "1/ε_B @ ε_S=0.5", "rej30": "1/ε_B @ ε_S=0.3",
@@ -112,7 +113,7 @@ def _line_label(c: dict[str, Any], many_archs: bool, many_heads: bool) -> str:
     if c["mode"] == "bdt":
         return "BDT (high-level features)"
     label = f"scratch ({c['arch']})" if c["mode"] == "scratch" and many_archs else (
-        "scratch" if c["mode"] == "scratch" else f"{c['mode']} {c['pretrain']}")
+        "scratch" if c["mode"] == "scratch" else f"{mode_label(c)} {c['pretrain']}")
     return f"{label} [{c['head']}]" if many_heads else label
 
 
@@ -153,7 +154,7 @@ def pretraining_colours(keys: list[Any]) -> dict[Any, Any]:
 
 def _styles(cells: list[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
     """One colour per pretraining (shared by its modes), a line style per mode, grey baselines."""
-    keys = sorted({(c["pretrain"], c["arch"]) for c in cells if c["mode"] in PRETRAINED_MODES})
+    keys = sorted({_colour_key(c) for c in cells if c["mode"] in PRETRAINED_MODES})
     colour = pretraining_colours(keys)
     scratch = sorted({c["arch"] for c in cells if c["mode"] == "scratch"})
     out: dict[tuple, dict[str, Any]] = {}
@@ -165,13 +166,18 @@ def _styles(cells: list[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
             grey = 0.1 + 0.5 * scratch.index(c["arch"]) / max(len(scratch), 1)
             out[key] = {"color": f"{grey:.2f}", "linestyle": ":", "marker": "o"}
         else:
-            out[key] = {"color": colour[(c["pretrain"], c["arch"])],
+            out[key] = {"color": colour[_colour_key(c)],
                         "linestyle": "-" if c["mode"] == "finetune" else "--", "marker": "o"}
     return out
 
 
 def _line_key(c: dict[str, Any]) -> tuple:
-    return (c["pretrain"], c["arch"], c["mode"], c["head"])
+    return (c["pretrain"], c["arch"], c["mode"], c.get("recipe") or "", c["head"])
+
+
+def _colour_key(c: dict[str, Any]) -> tuple:
+    """A pretraining's modes share a colour; its finetuning recipes each get their own."""
+    return (c["pretrain"], c["arch"], c.get("recipe") or "")
 
 
 def _lines(cells: list[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
@@ -268,7 +274,8 @@ def _fig_val_curves(path: Path, task: str, cells: list[dict[str, Any]], runs: li
     for c in at_n:
         curves = [r.get("curve") or [] for r in runs
                   if r.get("status") == "ok" and r.get("task") == task and r.get("n_labels") == n_min
-                  and all(r.get(k) == c[k] for k in ("pretrain", "arch", "mode", "head"))]
+                  and all(r.get(k) == c[k] for k in ("pretrain", "arch", "mode", "head"))
+                  and (r.get("recipe") or "") == (c.get("recipe") or "")]
         steps, mean, std = mean_curve(curves)
         if steps.size == 0:
             continue
@@ -322,7 +329,7 @@ def _fig_label_efficiency(path: Path, task: str, eff: list[dict[str, Any]]) -> b
     fig, ax = plt.subplots()
     lines: dict[tuple, list[dict[str, Any]]] = {}
     for e in eff:
-        lines.setdefault((e["pretrain"], e["mode"], e["head"]), []).append(e)
+        lines.setdefault((e["pretrain"], mode_label(e), e["head"]), []).append(e)
     many_heads = len({e["head"] for e in eff}) > 1
     all_n = [e["n_labels"] for e in eff] + [n for e in eff for n in e["scratch_n"]]
     colours = pretraining_colours(sorted({e["pretrain"] for e in eff}))
@@ -436,7 +443,7 @@ def _summary_table(cells: list[dict[str, Any]], task: str | None = None) -> Bloc
         diff = c.get("auc_minus_scratch")
         sig = c.get("significant")
         rows.append([*([c["task"]] if with_task else []), c["n_labels"], c["pretrain"] or "—", c["arch"],
-                     c["mode"], c["head"], c["n_seeds"], c["n_failed"] or "",
+                     mode_label(c), c["head"], c["n_seeds"], c["n_failed"] or "",
                      *(_cell_value(c, m) for m in METRICS),
                      _signed(diff, c.get("auc_minus_scratch_std")),
                      "" if diff is None else ("single seed" if sig is None else ("yes" if sig else "no")),
@@ -482,7 +489,7 @@ def _efficiency_table(eff: list[dict[str, Any]]) -> Block:
             saving = f"< {min(e['scratch_n']) / e['n_labels']:.2f}×"
         else:
             saving = ""
-        rows.append([e["task"], e["n_labels"], e["pretrain"], e["mode"], e["head"], e["n_seeds"],
+        rows.append([e["task"], e["n_labels"], e["pretrain"], mode_label(e), e["head"], e["n_seeds"],
                      mean_spread(e["value"], e["value_std"], 4), main, spread, saving])
     return ("table", headers, rows)
 

@@ -143,9 +143,11 @@ def pretrain_delta(spec: StudySpec, objective: str, size: int | str) -> dict[str
     return apply_overrides({}, [*items, *p.overrides])
 
 
-def finetune_delta(spec: StudySpec, task: ConcreteTask, head: str, seed: int) -> dict[str, Any]:
+def finetune_delta(spec: StudySpec, task: ConcreteTask, head: str, seed: int, recipe: str = ""
+                   ) -> dict[str, Any]:
+    extra = spec.finetune.recipes.get(recipe, []) if recipe else []
     return apply_overrides({}, [f"data.train={json.dumps(task.train)}", f"data.val={json.dumps(task.val)}",
-                                f"head.name={head}", f"train.seed={seed}", *spec.finetune.overrides])
+                                f"head.name={head}", f"train.seed={seed}", *spec.finetune.overrides, *extra])
 
 
 def pretraining_signature(spec: StudySpec, objective: str) -> dict[str, Any]:
@@ -230,7 +232,8 @@ def plan(spec: StudySpec, out: Path) -> tuple[list[Cell], list[Cell]]:
         pretrain_files = identities(p.data) + identities(p.val)
         finetune_base = load_preset("finetune", f.preset)
         for head in f.heads:  # every value a downstream cell sets resolves (the files are checked apart)
-            resolve_finetune(f.preset, finetune_delta(spec, tasks[0], head, spec.seeds[0]))
+            for recipe in f.recipes or [""]:
+                resolve_finetune(f.preset, finetune_delta(spec, tasks[0], head, spec.seeds[0], recipe))
         for objective in p.objectives:
             preset = p.preset or f"{objective}-cpu"
             pretrain_base = load_preset("pretrain", preset)
@@ -245,15 +248,17 @@ def plan(spec: StudySpec, out: Path) -> tuple[list[Cell], list[Cell]]:
                                    {"preset": preset, "delta": delta, "diagnostics": asdict(p.diagnostics)},
                                    {"key": pkey, "objective": objective, "pretrain_size": size,
                                     "arch": arch}))
-                for task, head, n, seed, mode in _grid(tasks, f.heads, spec.seeds, f.modes):
+                for task, head, n, seed, mode, recipe in _grid(tasks, f.heads, spec.seeds, f.modes,
+                                                               list(f.recipes)):
                     scratch = mode == "scratch"
                     if scratch:  # one scratch baseline per architecture, shared by its pretrainings
                         if (task.name, arch, head, n, seed) in scratch_done:
                             continue
                         scratch_done.add((task.name, arch, head, n, seed))
-                    delta = finetune_delta(spec, task, head, seed)
+                    delta = finetune_delta(spec, task, head, seed, recipe)
                     where = f"scratch-{arch}" if scratch else pkey
-                    run = f"runs/{task.name}/{where}/{mode}-{head}/n{n}/seed{seed}"
+                    variant = f"{mode}-{recipe}" if recipe else mode
+                    run = f"runs/{task.name}/{where}/{variant}-{head}/n{n}/seed{seed}"
                     inputs = {"config": merge(finetune_base, delta), "mode": mode, "n_labels": n,
                               "data": {"train": ids[task.name]["train"], "val": ids[task.name]["val"]},
                               # scratch depends on the architecture only; the others on the pretraining
@@ -264,29 +269,32 @@ def plan(spec: StudySpec, out: Path) -> tuple[list[Cell], list[Cell]]:
                          "test": task.test, "test_ids": ids[task.name]["test"]},
                         {"task": task.name, "objective": "none" if scratch else objective,
                          "pretrain": "" if scratch else pkey, "pretrain_size": None if scratch else size,
-                         "arch": arch, "mode": mode, "head": head, "n_labels": n, "seed": seed,
-                         "signal_fraction": task.signal_fraction}))
+                         "arch": arch, "mode": mode, "recipe": recipe, "head": head, "n_labels": n,
+                         "seed": seed, "signal_fraction": task.signal_fraction}))
     if "bdt" in spec.baselines:
-        for task, _, n, seed, _ in _grid(tasks, ["trees"], spec.seeds, ["bdt"]):
+        for task, _, n, seed, _, _ in _grid(tasks, ["trees"], spec.seeds, ["bdt"], []):
             run = f"runs/{task.name}/bdt/n{n}/seed{seed}"
             inputs = {"kind": "bdt", "n_labels": n, "seed": seed, **ids[task.name]}
             phase1.append(Cell("bdt", run, cell_key(inputs),
                                {"train": task.train, "val": task.val, "test": task.test, "n_labels": n,
                                 "seed": seed},
                                {"task": task.name, "objective": "none", "pretrain": "", "pretrain_size": None,
-                                "arch": "bdt", "mode": "bdt", "head": "trees", "n_labels": n, "seed": seed,
+                                "arch": "bdt", "mode": "bdt", "recipe": "", "head": "trees", "n_labels": n,
+                                "seed": seed,
                                 "signal_fraction": task.signal_fraction}))
     return phase1, phase2
 
 
-def _grid(tasks: list[ConcreteTask], heads: list[str], seeds: list[int],
-          modes: list[str]) -> Iterator[tuple[ConcreteTask, str, int, int, str]]:
+def _grid(tasks: list[ConcreteTask], heads: list[str], seeds: list[int], modes: list[str],
+          recipes: list[str]) -> Iterator[tuple[ConcreteTask, str, int, int, str, str]]:
+    """Every downstream cell; the ``finetune`` mode once per recipe ("" when the study names none)."""
     for task in tasks:
         for head in heads:
             for n in task.n_labels:
                 for seed in seeds:
                     for mode in modes:
-                        yield task, head, n, seed, mode
+                        for recipe in (recipes or [""]) if mode == "finetune" else [""]:
+                            yield task, head, n, seed, mode, recipe
 
 
 # -- running one cell (in a worker process)

@@ -25,7 +25,8 @@ YAML file's folder unless given)::
       - {name: toptag, train: [train.h5], val: [val.h5], test: [test.h5], n_labels: [100, 1000]}
       - {name: cwola, kind: cwola, signal_fractions: [0.1, 0.3], train: ..., val: ..., test: ...,
          n_labels: [2000]}
-    finetune: {modes: [finetune, frozen, scratch], heads: [linear], preset: cpu-small, overrides: []}
+    finetune: {modes: [finetune, frozen, scratch], heads: [linear], preset: cpu-small, overrides: [],
+               recipes: {lpft: {finetune.probe_steps: 50}, lr0.1: [finetune.backbone_lr_scale=0.1]}}
     baselines: [bdt]                # gradient-boosted trees on high-level jet features, same N labels
     executor: {backend: local, workers: null}   # local process pool (null: one per core) or slurm
 
@@ -118,10 +119,19 @@ class Finetuning:
     heads: list[str] = field(default_factory=lambda: ["linear"])
     preset: str = "cpu-small"
     overrides: list[str] = field(default_factory=list)
+    #: finetuning recipes compared side by side: name -> overrides on top of ``overrides``, applied to the
+    #: ``finetune`` mode only (frozen and scratch runs have no backbone rate to vary); none: the preset's own
+    recipes: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         from hepfm.heads import HEADS
+        from hepfm.io import check_folder_name
         from hepfm.workflows.finetune import MODES
+
+        for name, items in self.recipes.items():
+            check_folder_name(name, "finetune.recipes")
+            require(isinstance(items, list) and all(isinstance(i, str) for i in items),
+                    f"finetune.recipes.{name}", "must be a mapping or a list of KEY=VALUE overrides", items)
 
         require(len(set(self.modes)) == len(self.modes), "finetune.modes", "must not repeat", self.modes)
         for mode in self.modes:
@@ -221,9 +231,16 @@ def normalise(raw: dict[str, Any]) -> dict[str, Any]:
     for section in ("pretraining", "finetune"):
         sec = raw.get(section)
         if isinstance(sec, dict) and isinstance(sec.get("overrides"), dict):
-            raw[section] = sec | {"overrides": [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip()}"
-                                                for k, v in sec["overrides"].items()]}
+            raw[section] = sec | {"overrides": _override_list(sec["overrides"])}
+    sec = raw.get("finetune")
+    if isinstance(sec, dict) and isinstance(sec.get("recipes"), dict):
+        raw["finetune"] = sec | {"recipes": {name: _override_list(v) if isinstance(v, dict) else v
+                                             for name, v in sec["recipes"].items()}}
     return raw
+
+
+def _override_list(mapping: dict[str, Any]) -> list[str]:
+    return [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip()}" for k, v in mapping.items()]
 
 
 def resolve_files(spec: StudySpec, base: Path) -> StudySpec:
@@ -270,4 +287,5 @@ def check_presets(spec: StudySpec) -> None:
                                                       f"objective.name={objective}", *p.overrides]))
     f = spec.finetune
     load_preset("finetune", f.preset)
-    resolve_finetune(f.preset, apply_overrides({}, f.overrides))
+    for extra in [[], *f.recipes.values()]:
+        resolve_finetune(f.preset, apply_overrides({}, [*f.overrides, *extra]))
