@@ -226,7 +226,34 @@ def test_a_cwola_task_trains_on_mixed_samples_and_scores_true_labels(toptag_file
     assert runs["weak-x0.5"]["auc"] > 0.65
 
 
+def test_finetuning_recipes_are_a_grid_axis(toptag_files, tmp_path):
+    """Each recipe is its own finetune cell with its own protocol; frozen and scratch run once."""
+    recipes = {"probe": {"finetune.probe_steps": 4, "finetune.backbone_lr_scale": 1.0},
+               "slow": ["finetune.backbone_lr_scale=0.0"]}
+    path = study_file(tmp_path, toptag_files, seeds=[1], baselines=[], finetune__recipes=recipes,
+                      finetune__modes=["finetune", "frozen", "scratch"])
+    out = tmp_path / "out"
+    assert main(["study", "run", str(path), "--out", str(out)]) == 0
+    result = json.loads((out / "results.json").read_text())
+    runs = result["runs"]
+    assert all(r["status"] == "ok" for r in runs), [r["reason"] for r in runs]
+    assert sorted((r["mode"], r["recipe"]) for r in runs if r["n_labels"] == 20) == [
+        ("finetune", "probe"), ("finetune", "slow"), ("frozen", ""), ("scratch", "")]
+    for r in runs:
+        protocol = yaml.safe_load((out / r["run_dir"] / "config.yaml").read_text())["protocol"]
+        if r["recipe"] == "probe":
+            assert protocol["probe_steps"] == 4
+        elif r["recipe"] == "slow":
+            assert protocol["backbone_lr_scale"] == 0.0
+    assert {c["recipe"] for c in result["cells"] if c["mode"] == "finetune"} == {"probe", "slow"}
+    report = (out / "report.md").read_text()
+    assert "finetune[probe]" in report
+    assert "finetune[slow]" in report
+
+
 @pytest.mark.parametrize(("change", "expected"), [
+    ({"finetune__recipes": {"steep": {"finetune.layer_decay": 2}}}, "finetune.layer_decay"),
+    ({"finetune__recipes": {"a/b": ["finetune.probe_steps=3"]}}, "finetune.recipes must be a plain folder"),
     ("text:name: [unclosed", "invalid YAML"),
     ({"pretrainig": {}}, "did you mean pretraining"),
     ({"tasks": [{"name": "t", "train": ["missing.h5"], "val": ["x"], "test": ["x"], "n_labels": [10]}]},
