@@ -28,9 +28,9 @@ def resolved(command: str, delta: dict) -> dict:
     if command == "pretrain":
         from hepfm.workflows.pretrain import resolve
 
-        data, model, objective, train = resolve("jetclr-cpu", delta)
+        data, model, objective, train, probe = resolve("jetclr-cpu", delta)
         return _flatten({"data": asdict(data), "model": asdict(model), "objective": asdict(objective),
-                         "train": train.to_dict()})
+                         "train": train.to_dict(), "probe": asdict(probe)})
     from hepfm.workflows.finetune import resolve as resolve_ft
 
     spec = {"max_particles": 32, "features": {"name": "kin"}}

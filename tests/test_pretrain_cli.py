@@ -110,6 +110,53 @@ def test_finetune_protocol_from_the_cli(pretrained, toptag_files, tmp_path):
     assert cfg["protocol"] == {"backbone_lr_scale": 1.0, "layer_decay": 0.5, "probe_steps": 10}
 
 
+def test_the_probe_monitor_logs_from_the_random_init_and_changes_nothing(pretrained, toptag_files, tmp_path):
+    """Probes at step 0 (the random-initialisation control), every K steps and at the end; the backbone
+    comes out bit-identical to the unmonitored run's."""
+    from safetensors.torch import load_file
+
+    f = toptag_files
+    run = tmp_path / "monitored"
+    assert main(["pretrain", "--objective", "jetclr", "--data", str(f["train"]), "--val", str(f["val"]),
+                 "--out", str(run), *PRE, "--probe-data", str(f["test"]), "--probe-every", "6",
+                 "-o", "probe.n_jets=200"]) == 0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    probes = [r for r in rows if "probe_linear_auc" in r]
+    assert [r["step"] for r in probes] == [0, 6, 12]
+    for r in probes:
+        assert 0.0 <= r["probe_linear_auc"] <= 1.0
+        assert 0.0 <= r["probe_knn_auc"] <= 1.0
+        assert 1.0 <= r["probe_effective_rank"]
+        assert -1.0 <= r["probe_mean_cosine"] <= 1.0
+    plain = load_file(str(pretrained["jetclr"] / "backbone.safetensors"))
+    monitored = load_file(str(run / "backbone.safetensors"))
+    assert all(torch.equal(plain[k], monitored[k]) for k in plain)
+
+
+def test_bad_probe_data_is_one_line(toptag_files, tmp_path, capsys):
+    from _factories import random_chunk
+
+    from hepfm.data.formats import write_jets
+
+    unlabeled, three, one = tmp_path / "unlabeled.h5", tmp_path / "three.h5", tmp_path / "one.h5"
+    write_jets(unlabeled, [random_chunk(40, class_names=None)], "hepfm")
+    write_jets(three, [random_chunk(40, class_names=("a", "b", "c"))], "hepfm")
+    chunk = random_chunk(40)
+    chunk.label[:] = 0
+    write_jets(one, [chunk], "hepfm")
+    base = ["pretrain", "--data", str(toptag_files["train"]), "--out", str(tmp_path / "run"), *PRE]
+    cases = [
+        (["--objective", "jetclr", "--probe-data", str(unlabeled)], "needs labeled jets"),
+        (["--objective", "jetclr", "--probe-data", str(toptag_files["val"]), str(three)], "different classes"),
+        (["--objective", "jetclr", "--probe-data", str(one)], "hold 1 class"),
+        (["--objective", "supervised", "--probe-data", str(three)], "differ from the training classes"),
+    ]
+    for extra, expected in cases:
+        line = _one_line(capsys, main([*base, *extra]))
+        assert expected in line, line
+        assert not (tmp_path / "run" / "backbone.safetensors").exists()
+
+
 def test_embed_diagnostics(pretrained, toptag_files, capsys):
     assert main(["embed", str(pretrained["supervised"]), "--data", str(toptag_files["test"]),
                  "--n-jets", "200", "--json"]) == 0

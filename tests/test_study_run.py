@@ -82,6 +82,9 @@ def test_a_declared_grid_runs_every_cell_and_reports(finished_study, capsys):
     assert pre["jets_seen"] == 4 * 32
     assert [s for s, _ in pre["loss_curve"]]
     assert 0.0 <= pre["diagnostics"]["linear_probe_accuracy"] <= 1.0
+    # the diagnostics jets are probed during pretraining too, from the random initialisation on
+    assert [s for s, _ in pre["probe_curves"]["probe_linear_auc"]] == [0, 2, 4]
+    assert "probe AUC: random init" in (out / "report.md").read_text()
     assert (out / pre["diagnostics"]["map_png"]).exists()
     # the pretraining used 400 jets: its run says so
     config = yaml.safe_load((out / "pretrain" / "jetclr-n400" / "config.yaml").read_text())

@@ -16,15 +16,21 @@ from typing import Any
 import numpy as np
 
 
+def effective_rank(emb: np.ndarray) -> float:
+    """exp(entropy of the normalised singular values) of the centred embeddings (Roy & Vetterli 2007)."""
+    s = np.linalg.svd(emb - emb.mean(0), compute_uv=False)
+    p = s / max(s.sum(), 1e-12)
+    p = p[p > 0]
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
 def collapse_metrics(emb: np.ndarray) -> dict[str, float]:
     z = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
     n = len(z)
     sim = z @ z.T
     mean_cos = float((sim.sum() - np.trace(sim)) / max(n * (n - 1), 1))
     std = emb.std(axis=0)
-    s = np.linalg.svd(emb - emb.mean(0), compute_uv=False)
-    p = s / max(s.sum(), 1e-12)
-    eff_rank = float(np.exp(-(p[p > 0] * np.log(p[p > 0])).sum()))
+    eff_rank = effective_rank(emb)
     return {"mean_pairwise_cosine": mean_cos, "std_mean": float(std.mean()), "std_min": float(std.min()),
             "dead_dim_fraction": float((std < 1e-4 * max(std.max(), 1e-12)).mean()),
             "effective_rank": eff_rank,

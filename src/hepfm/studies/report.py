@@ -294,6 +294,29 @@ def _fig_val_curves(path: Path, task: str, cells: list[dict[str, Any]], runs: li
     return True
 
 
+def _fig_pretrain_probes(path: Path, pretraining: list[dict[str, Any]]) -> bool:
+    """Linear (solid) and k-NN (dashed) probe AUC vs pretraining step; step 0 is the random init."""
+    runs = [p for p in pretraining if (p.get("probe_curves") or {}).get("probe_linear_auc")]
+    if not runs:
+        return False
+    plt = pyplot()
+    fig, ax = plt.subplots()
+    for i, p in enumerate(runs):
+        for name, style, kind in (("probe_linear_auc", "-", "linear"), ("probe_knn_auc", "--", "k-NN")):
+            pts = np.array([row[:2] for row in p["probe_curves"].get(name) or [] if row[1] is not None],
+                           dtype=float)
+            if pts.size:
+                ax.plot(pts[:, 0], pts[:, 1], linestyle=style, marker="o", markersize=3, color=f"C{i % 10}",
+                        label=f"{p['key']} ({kind})")
+    ax.set_xlabel("pretraining step")
+    ax.set_ylabel("probe AUC (frozen embedding)")
+    ax.set_title("embedding probes during pretraining (solid: linear, dashed: k-NN)", fontsize=12)
+    ax.grid(alpha=0.3)
+    _legend(ax, outside=True)
+    save_figure(fig, path)
+    return True
+
+
 def _fig_pretrain_loss(path: Path, pretraining: list[dict[str, Any]]) -> bool:
     runs = [p for p in pretraining if p.get("loss_curve") or p.get("val_loss_curve")]
     if not runs:
@@ -395,6 +418,10 @@ def _figures(out: Path, result: dict[str, Any], cells: list[dict[str, Any]],
         rel = "figures/pretrain_loss.png"
         if _fig_pretrain_loss(out / rel, result.get("pretraining") or []):
             figs["pretraining"].append((rel, "pretraining loss per run"))
+        rel = "figures/pretrain_probes.png"
+        if _fig_pretrain_probes(out / rel, result.get("pretraining") or []):
+            figs["pretraining"].append((rel, "probe AUC of the frozen embedding during pretraining (step 0: "
+                                             "the random initialisation, the control)"))
     return figs
 
 
@@ -515,7 +542,7 @@ def _diagnostics(out: Path, pretraining: list[dict[str, Any]]) -> list[Block]:
     if not with_diag:
         return [("p", "No representation diagnostics were recorded.")]
     headers = ["pretraining", "linear probe accuracy", "kNN accuracy", "effective rank",
-               "mean pairwise cosine", "embedding map"]
+               "mean pairwise cosine", "probe AUC: random init", "probe AUC: end", "embedding map"]
     rows, maps = [], []
     for p in with_diag:
         d = p["diagnostics"]
@@ -524,8 +551,11 @@ def _diagnostics(out: Path, pretraining: list[dict[str, Any]]) -> list[Block]:
             maps.append(("img", link, f"{p['key']}: embedding map"))
         elif link:
             link = f"{link} (missing)"
+        probe = (p.get("probe_curves") or {}).get("probe_linear_auc") or []
+        at_init = next((v for step, v in probe if step == 0), None)
         rows.append([p.get("key"), _num(d.get("linear_probe_accuracy"), 4), _num(d.get("knn_accuracy"), 4),
-                     _num(d.get("effective_rank"), 1), _num(d.get("mean_pairwise_cosine"), 3), link])
+                     _num(d.get("effective_rank"), 1), _num(d.get("mean_pairwise_cosine"), 3),
+                     _num(at_init, 4), _num(probe[-1][1] if probe else None, 4), link])
     return [("table", headers, rows), *maps]
 
 

@@ -140,6 +140,8 @@ def pretrain_delta(spec: StudySpec, objective: str, size: int | str) -> dict[str
         items.append(f"data.val={json.dumps(p.val)}")
     if size != "all":
         items.append(f"data.n_train={size}")
+    if p.diagnostics.data and p.diagnostics.monitor:
+        items += [f"probe.data={json.dumps(p.diagnostics.data)}", f"probe.n_jets={p.diagnostics.n_jets}"]
     return apply_overrides({}, [*items, *p.overrides])
 
 
@@ -156,7 +158,7 @@ def pretraining_signature(spec: StudySpec, objective: str) -> dict[str, Any]:
     from hepfm.workflows.pretrain import backbone_spec
     from hepfm.workflows.pretrain import resolve as resolve_pretrain
 
-    data, model, _, _ = resolve_pretrain(spec.pretraining.preset or f"{objective}-cpu",
+    data, model, _, _, _ = resolve_pretrain(spec.pretraining.preset or f"{objective}-cpu",
                                          pretrain_delta(spec, objective, "all"))
     return architecture_signature(backbone_spec(model, FEATURE_SETS.get(data.features), data.max_particles))
 
@@ -336,6 +338,10 @@ def _curves(run: Path, *keys: str) -> dict[str, list[list[float]]]:
     return out
 
 
+#: Monitor metrics of a pretraining (``probe_*`` in its metrics.jsonl) kept in the study's results.
+PROBE_CURVES = ("probe_linear_auc", "probe_knn_auc", "probe_effective_rank", "probe_mean_cosine")
+
+
 def _run_pretrain(cell: Cell, study: Path, run: Path) -> dict[str, Any]:
     from hepfm.workflows.embed import embed
     from hepfm.workflows.pretrain import pretrain
@@ -343,7 +349,7 @@ def _run_pretrain(cell: Cell, study: Path, run: Path) -> dict[str, Any]:
     if cell.restart or not finished(run, "backbone.safetensors"):
         pretrain(cell.args["preset"], cell.args["delta"], run, restart=cell.restart, progress=False)
     summary = json.loads((run / "train_summary.json").read_text())
-    curves = _curves(run, "train_loss", "val_loss")
+    curves = _curves(run, "train_loss", "val_loss", *PROBE_CURVES)
     batch = _batch_size(run)
     diag = cell.args["diagnostics"]
     diagnostics = None
@@ -357,7 +363,8 @@ def _run_pretrain(cell: Cell, study: Path, run: Path) -> dict[str, Any]:
             "jets_per_second": summary["jets_per_second"], "device": summary["device"],
             "n_backbone_parameters": summary["n_backbone_parameters"],
             "loss_curve": curves["train_loss"], "val_loss_curve": curves["val_loss"],
-            "diagnostics": diagnostics, "backbone_sha256": _weights_sha(run / "backbone.json")}
+            "diagnostics": diagnostics, "backbone_sha256": _weights_sha(run / "backbone.json"),
+            "probe_curves": {k: curves[k] for k in PROBE_CURVES if curves[k]}}
 
 
 def _batch_size(run: Path) -> int:

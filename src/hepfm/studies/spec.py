@@ -56,10 +56,13 @@ STUDY_PRESETS = Path(__file__).resolve().parent.parent / "configs" / "study"
 
 @dataclass
 class Diagnostics:
-    """Embedding diagnostics of each pretrained backbone (``hepfm embed`` on these labeled jets)."""
+    """Embedding diagnostics of each pretrained backbone (``hepfm embed`` on these labeled jets) and,
+    with ``monitor``, the same jets probed during pretraining (``--probe-data``) from step 0, the random
+    initialisation, on."""
 
     data: list[str] = field(default_factory=list)
     n_jets: int = 1000
+    monitor: bool = True
 
     def __post_init__(self) -> None:
         require(self.n_jets >= 20, "pretraining.diagnostics.n_jets", "must be >= 20", self.n_jets)

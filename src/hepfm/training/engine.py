@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
@@ -41,6 +41,16 @@ log = logging.getLogger(__name__)
 
 #: validation hook: (logits (B,K) numpy, labels (B,) numpy) -> metrics
 MetricsFn = Callable[[np.ndarray, np.ndarray], dict[str, float]]
+
+
+class Monitor(Protocol):
+    """Evaluates the exported backbone every ``every`` steps and at step 0 (e.g. embedding probes);
+    its metrics are logged with the step. It must leave the global RNG alone."""
+
+    every: int
+
+    def __call__(self, backbone: nn.Module) -> dict[str, float]: ...
+
 
 #: Why a fit ended (``FitResult.stop_reason``): a step or epoch budget, no improvement on validation,
 #: or the wall-clock guard (the only one that leaves the run unfinished: running it again resumes it).
@@ -166,8 +176,9 @@ class Trainer:
 
     def __init__(self, objective: Objective, cfg: TrainConfig, run_dir: str | Path,
                  model_spec: dict[str, Any], metrics_fn: MetricsFn | None = None,
-                 dist_info: DistInfo | None = None) -> None:
+                 dist_info: DistInfo | None = None, monitor: Monitor | None = None) -> None:
         self.cfg = cfg
+        self.monitor = monitor
         self.run_dir = Path(run_dir)
         self.spec = model_spec
         self.metrics_fn = metrics_fn
@@ -288,6 +299,7 @@ class Trainer:
         schedule = SCHEDULES.get(cfg.schedule.name)(cfg.schedule, total)
         if not (resume and self.try_resume()):
             self.save_last()  # step 0 is a good checkpoint: divergence at step 1 still leaves one
+            self._monitor()  # the random initialisation: the control the monitored metrics are read against
         batches = self._batches(train_loader)
         bar = tqdm(total=total, initial=min(self.step, total), unit="step",
                    disable=not (progress and self.dist.is_main), file=sys.stderr, dynamic_ncols=True)
@@ -336,6 +348,8 @@ class Trainer:
                 sums, t_log, jets_log, steps_log = {}, now, n_jets, 0
             if val_loader is not None and (self.step % cfg.eval_every == 0 or self.step == total):
                 self.early_stopped = self._evaluate(val_loader)
+            if self.monitor is not None and (self.step % self.monitor.every == 0 or self.step == total):
+                self._monitor()
             if self.step % cfg.ckpt_every == 0 or self.step == total or self.early_stopped or late:
                 self._check_finite(bad)
                 self.save_last()
@@ -418,6 +432,12 @@ class Trainer:
         row["jets_per_s"] = jets / max(dt, 1e-9)  # jets of all ranks (summed by the caller)
         self.logger.log(row)
         return row
+
+    def _monitor(self) -> None:
+        if self.monitor is not None and self.dist.is_main:
+            metrics = self.monitor(self.objective.export_backbone())
+            self.objective.train()  # the monitor may have switched the backbone to eval mode
+            self.logger.log({"step": self.step, **metrics})
 
     @torch.no_grad()
     def _evaluate(self, loader: Iterable[ParticleBatch]) -> bool:

@@ -14,17 +14,21 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from hepfm._version import __version__
 from hepfm.configs import load_preset, merge_run_config
 from hepfm.configs.sections import DataConfig, ModelConfig, ObjectiveConfig, section, split_sections
-from hepfm.data.features import FEATURE_SETS
+from hepfm.data.features import FEATURE_SETS, FeatureSet
+from hepfm.errors import HepfmInputError
+from hepfm.evaluation.monitor import EmbeddingProbe, ProbeConfig
 from hepfm.io import write_json_atomic
 from hepfm.models import create_backbone
 from hepfm.objectives.registry import create_objective, objective_needs_labels
 from hepfm.training import checkpoint as ckpt
 from hepfm.training.config import TrainConfig
 from hepfm.training.engine import Trainer, seed_everything
-from hepfm.workflows.data import open_data
+from hepfm.workflows.data import evaluation_loader, open_data, open_inputs
 from hepfm.workflows.provenance import resuming, run_directory, write_run_header
 
 log = logging.getLogger(__name__)
@@ -33,12 +37,40 @@ PREPARE_JETS = 20_000  # jets shown to Objective.prepare (e.g. fitting an MPM co
 
 def resolve(
     preset: str, delta: dict[str, Any]
-) -> tuple[DataConfig, ModelConfig, ObjectiveConfig, TrainConfig]:
-    d = split_sections(
-        merge_run_config(load_preset("pretrain", preset), delta), ("data", "model", "objective", "train")
-    )
+) -> tuple[DataConfig, ModelConfig, ObjectiveConfig, TrainConfig, ProbeConfig]:
+    d = split_sections(merge_run_config(load_preset("pretrain", preset), delta),
+                       ("data", "model", "objective", "train", "probe"))
     return (section(DataConfig, d, "data"), section(ModelConfig, d, "model"),
-            section(ObjectiveConfig, d, "objective"), TrainConfig.from_dict(d.get("train", {})))
+            section(ObjectiveConfig, d, "objective"), TrainConfig.from_dict(d.get("train", {})),
+            section(ProbeConfig, d, "probe"))
+
+
+def open_probe(probe: ProbeConfig, fs: FeatureSet, max_particles: int, tcfg: TrainConfig,
+               train_classes: tuple[str, ...] | None = None) -> EmbeddingProbe | None:
+    """The pretraining monitor over ``probe.data`` (None without it): labeled files that share their
+    classes, at least two of them among the jets read, and, for a supervised pretraining, the training
+    classes."""
+    if not probe.data:
+        return None
+    sources = open_inputs(probe.data, fs, max_particles)
+    for s in sources:
+        if not s.has_labels:
+            raise HepfmInputError("--probe-data needs labeled jets, but the file has none", s.path)
+        if tuple(s.class_names) != tuple(sources[0].class_names):
+            raise HepfmInputError(f"--probe-data files have different classes: {list(s.class_names)} here, "
+                                  f"{list(sources[0].class_names)} in the first", s.path)
+    if train_classes is not None and tuple(sources[0].class_names) != tuple(train_classes):
+        raise HepfmInputError(f"--probe-data classes {list(sources[0].class_names)} differ from the training "
+                              f"classes {list(train_classes)}", sources[0].path)
+    loader, _ = evaluation_loader(probe.data, fs, max_particles, n_jets=probe.n_jets)
+    with torch.random.fork_rng(devices=[]):  # iterating a DataLoader draws a seed: keep the run's own stream
+        batches = list(loader)
+    labels = {int(v) for b in batches if b.label is not None for v in b.label.unique()}
+    if len(labels) < 2:
+        raise HepfmInputError(f"--probe-data: the first {probe.n_jets} jets hold {len(labels)} class(es); a "
+                              "probe needs at least two (mix the files, or raise probe.n_jets)",
+                              sources[0].path)
+    return EmbeddingProbe(batches, fs, every=probe.every or tcfg.eval_every, k=probe.k, seed=tcfg.seed)
 
 
 def backbone_spec(model: ModelConfig, fs: Any, max_particles: int) -> dict[str, Any]:
@@ -52,7 +84,7 @@ def backbone_spec(model: ModelConfig, fs: Any, max_particles: int) -> dict[str, 
 
 def pretrain(preset: str, delta: dict[str, Any], out: str | Path, *, restart: bool = False,
              progress: bool = True) -> dict[str, Any]:
-    data, model, obj_cfg, tcfg = resolve(preset, delta)
+    data, model, obj_cfg, tcfg, probe_cfg = resolve(preset, delta)
     out = Path(out)
     with run_directory(out, restart=restart):
         seed_everything(tcfg.seed)  # before the objective is built: its initial weights are part of the run
@@ -60,6 +92,7 @@ def pretrain(preset: str, delta: dict[str, Any], out: str | Path, *, restart: bo
         needs_labels = objective_needs_labels(obj_cfg.name)
         d = open_data(data, fs, seed=tcfg.seed, labels="required" if needs_labels else "dropped",
                       num_workers=tcfg.num_workers)
+        probe = open_probe(probe_cfg, fs, data.max_particles, tcfg, d.class_names if needs_labels else None)
         options = dict(obj_cfg.options)
         if needs_labels:
             options.setdefault("num_classes", len(d.class_names))
@@ -72,12 +105,13 @@ def pretrain(preset: str, delta: dict[str, Any], out: str | Path, *, restart: bo
 
         spec = {"objective": obj_cfg.name, "objective_options": options, **bb_spec}
         resolved = {"data": asdict(data), "model": asdict(model),
-                    "objective": {"name": obj_cfg.name, "options": options}, "train": tcfg.to_dict()}
+                    "objective": {"name": obj_cfg.name, "options": options}, "train": tcfg.to_dict(),
+                    "probe": asdict(probe_cfg)}
         n_params = sum(p.numel() for p in objective.export_backbone().parameters())
         write_run_header(
             out, resolved, preset, d.train_sources, d.val_sources, n_backbone_parameters=n_params
         )
-        trainer = Trainer(objective, tcfg, out, spec)
+        trainer = Trainer(objective, tcfg, out, spec, monitor=probe)
         res = trainer.fit(d.train, d.val, progress=progress)
         # export the selected backbone (best on validation loss, or the final one without --val)
         _, state, file = ckpt.read_weights(out / "best")
