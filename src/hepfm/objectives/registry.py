@@ -24,7 +24,7 @@ ObjectiveBuilder = Callable[..., Objective]
 OBJECTIVES: Registry[ObjectiveBuilder] = Registry("objective")
 
 #: modules that register objectives when imported
-OBJECTIVE_MODULES = ("jetclr", "mpm", "jepa", "supervised_pretrain")
+OBJECTIVE_MODULES = ("jetclr", "mpm", "jepa", "supervised_pretrain", "composite")
 
 
 def _import_all() -> None:
@@ -44,11 +44,16 @@ def create_objective(name: str, backbone_factory: BackboneFactory, feature_set: 
     return OBJECTIVES.get(name)(backbone_factory, feature_set, max_particles=max_particles, **(options or {}))
 
 
-def objective_needs_labels(name: str) -> bool:
-    """Whether the objective trains on labels: its builder is marked ``needs_labels = True`` and takes
+def objective_needs_labels(name: str, options: dict[str, Any] | None = None) -> bool:
+    """Whether the objective trains on labels: its builder is marked ``needs_labels = True`` (or, where
+    that depends on the options, as a composite's does, its ``labels_needed(options)`` says so) and takes
     ``num_classes``. Workflows drop labels for every other objective, so none can use them by accident."""
     _import_all()
-    return bool(getattr(OBJECTIVES.get(name), "needs_labels", False))
+    builder = OBJECTIVES.get(name)
+    depends = getattr(builder, "labels_needed", None)
+    if callable(depends):
+        return bool(depends(options or {}))
+    return bool(getattr(builder, "needs_labels", False))
 
 
 def objective_names() -> list[str]:

@@ -89,7 +89,7 @@ def pretrain(preset: str, delta: dict[str, Any], out: str | Path, *, restart: bo
     with run_directory(out, restart=restart):
         seed_everything(tcfg.seed)  # before the objective is built: its initial weights are part of the run
         fs = FEATURE_SETS.get(data.features)
-        needs_labels = objective_needs_labels(obj_cfg.name)
+        needs_labels = objective_needs_labels(obj_cfg.name, obj_cfg.options)
         d = open_data(data, fs, seed=tcfg.seed, labels="required" if needs_labels else "dropped",
                       num_workers=tcfg.num_workers)
         probe = open_probe(probe_cfg, fs, data.max_particles, tcfg, d.class_names if needs_labels else None)
