@@ -182,6 +182,35 @@ def test_batch_without_usable_jets_is_a_clear_input_error() -> None:
     assert err.value.exit_code == 2
 
 
+def test_the_subjet_selection_keeps_jets_with_enough_subjets() -> None:
+    batch = make_batch(n_jets=12)
+    obj = make_jepa()
+    counts = obj.find_subjets(batch).mask.sum(1)
+    cut = int(counts.max())  # only the jets with the most subjets pass
+    selective = make_jepa(min_subjets=cut)
+    out = selective(batch)
+    assert out.logs["unusable_jets"].item() == int((counts < cut).sum())
+    assert torch.isfinite(out.loss)
+    selective.prepare([batch])  # some jets pass: nothing to refuse
+    strict = make_jepa(min_subjets=min(cut + 1, 20))
+    with pytest.raises(HepfmInputError, match=r"min_subjets=\d+ leaves no jets") as err:
+        strict.prepare(iter([batch, batch]))
+    assert f"at most {cut}" in str(err.value)
+    with pytest.raises(HepfmInputError, match="leaves no jets"):
+        strict(batch)
+    with pytest.raises(HepfmInputError, match="min_subjets must be >= 2"):
+        make_jepa(min_subjets=1)
+
+
+def test_the_seed_collapse_check_reads_flattened_subjet_representations() -> None:
+    obj = make_jepa().train()
+    out = obj(make_batch())
+    assert 0.0 < out.logs["cos_sim_flat"].item() < 0.995
+    assert obj.collapsed({"cos_sim_flat": 0.999}) is not None
+    assert "flattened subjet" in obj.collapsed({"cos_sim_flat": 0.999, "cos_sim": 0.5})
+    assert obj.collapsed({"cos_sim_flat": 0.6, "cos_sim": 0.5}) is None
+
+
 def test_validation_splits_are_reproducible() -> None:
     obj = make_jepa().eval()
     batch = make_batch()

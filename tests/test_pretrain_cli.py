@@ -158,6 +158,15 @@ def test_bad_probe_data_is_one_line(toptag_files, tmp_path, capsys):
         assert not (tmp_path / "run" / "backbone.safetensors").exists()
 
 
+def test_a_subjet_selection_that_leaves_no_jets_is_one_line(toptag_files, tmp_path, capsys):
+    """No jet of R = 0.8 holds 20 R = 0.2 subjets (at most ~16 fit): refused before the first step."""
+    run = tmp_path / "run"
+    line = _one_line(capsys, main(["pretrain", "--objective", "jepa", "--data", str(toptag_files["train"]),
+                                   "--out", str(run), *PRE, "-o", "objective.options.min_subjets=20"]))
+    assert "min_subjets=20 leaves no jets" in line
+    assert not (run / "metrics.jsonl").exists() or "train_loss" not in (run / "metrics.jsonl").read_text()
+
+
 def test_embed_diagnostics(pretrained, toptag_files, capsys):
     assert main(["embed", str(pretrained["supervised"]), "--data", str(toptag_files["test"]),
                  "--n-jets", "200", "--json"]) == 0

@@ -33,13 +33,17 @@ How it maps onto hepfm's particle-level backbones (J-JEPA's own encoder works on
 
 Collapse guards from the talk: targets only from non-empty subjets, attention SEL, a small predictor
 width, normalised inputs (hepfm's standardised features) and the EMA target (momentum 0.996 -> 1,
-cosine, in ``on_step_end``). Diagnostics logged every step: ``cos_sim``, the mean pairwise cosine
-similarity of the context encoder's jet embeddings within the batch (the talk's check, 0.457 after
-their pretraining; 1 = collapsed), and ``pred_std`` / ``target_std``, the per-dimension standard
-deviations of predictions and targets over the batch's target subjets (0 = collapsed).
+cosine, in ``on_step_end``). Diagnostics logged every step: ``cos_sim_flat``, the talk's check as it
+defines it: the mean pairwise cosine similarity of 128 jets' flattened subjet representations (the
+target encoder's, padded subjets zero; 0.457 after their pretraining, 1 = collapsed); ``cos_sim``, the
+same over the context encoder's pooled jet embeddings; and ``pred_std`` / ``target_std``, the
+per-dimension standard deviations of predictions and targets over the batch's target subjets
+(0 = collapsed).
 
-Jets with fewer than 2 subjets cannot be split: they are dropped from the batch and counted in the
-``unusable_jets`` log; a batch with no usable jet raises :class:`~hepfm.errors.HepfmInputError`.
+Jets with fewer than ``min_subjets`` subjets (2: those that cannot be split; the seed keeps only jets
+with more than 10, ``min_subjets: 11``) are dropped from the batch and counted in the
+``unusable_jets`` log; a batch with no usable jet raises :class:`~hepfm.errors.HepfmInputError`, and
+``prepare`` refuses a selection that none of the data's first jets pass before the first step.
 
 Exported backbone: the EMA **target** encoder by default (``export: target``): the talk finetunes
 "the target encoder" and I-JEPA evaluates it; it has seen whole jets during pretraining, as it will
@@ -49,6 +53,8 @@ predictor so that the backbone's own pooling (ParT's class-attention blocks) is 
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,6 +74,10 @@ from hepfm.options import from_dict
 from hepfm.physics.subjets import ALGORITHMS, Subjets, find_subjets
 
 SUBJET_EMBEDDINGS = ("mlp", "attention")
+#: Jets in the seed's collapse check (mean pairwise cosine of flattened subjet representations).
+COLLAPSE_JETS = 128
+#: Batches of the data :meth:`JEPA.prepare` looks at for a jet that passes the subjet selection.
+SELECTION_CHECK_BATCHES = 8
 LOSSES = ("mse", "smooth_l1")
 
 
@@ -87,6 +97,8 @@ class JEPAOptions:
         ema_start, ema_end, ema_schedule: target-encoder momentum over training.
         loss: ``mse`` (J-JEPA) or ``smooth_l1`` (I-JEPA).
         export: which encoder finetuning starts from, ``target`` (EMA) or ``context``.
+        min_subjets: jets with fewer subjets are left out of the loss (2: every jet that can be split;
+            the seed's selection, "jets with more than 10 subjets", is 11).
     """
 
     target_fraction: float = 0.3
@@ -104,6 +116,7 @@ class JEPAOptions:
     ema_schedule: str = "cosine"
     loss: str = "mse"
     export: str = "target"
+    min_subjets: int = 2
 
     @classmethod
     def from_dict(cls, options: dict[str, Any]) -> JEPAOptions:
@@ -129,6 +142,7 @@ class JEPAOptions:
             (self.ema_schedule in MOMENTUM_SCHEDULES, f"ema_schedule must be one of {MOMENTUM_SCHEDULES}"),
             (self.loss in LOSSES, f"loss must be one of {LOSSES}"),
             (self.export in ("target", "context"), "export must be 'target' or 'context'"),
+            (2 <= self.min_subjets <= self.max_subjets, "min_subjets must be >= 2 and <= max_subjets"),
         )
         for ok, problem in checks:
             if not ok:
@@ -363,17 +377,33 @@ class JEPA(Objective):
         return F.layer_norm(reps.float(), reps.shape[-1:])
 
     def _usable(self, batch: ParticleBatch, subjets: Subjets) -> tuple[ParticleBatch, Subjets, int]:
-        usable = subjets.mask.sum(1) >= 2  # (B,)
+        usable = subjets.mask.sum(1) >= self.options.min_subjets  # (B,)
         n_bad = len(batch) - int(usable.sum())
         if n_bad == len(batch):
-            raise HepfmInputError(
-                f"jepa needs at least 2 subjets (R={self.options.subjet_radius}) per jet to split into "
-                f"context and targets, but none of the {len(batch)} jets in this batch has more than one "
-                "(jets with too few particles?); use a different objective (e.g. mpm or jetclr) or a "
-                "smaller subjet_radius")
+            raise HepfmInputError(self._none_usable(len(batch), int(subjets.mask.sum(1).max())))
         if n_bad:
             return take_jets(batch, usable), subjets.take(usable), n_bad
         return batch, subjets, 0
+
+    def _none_usable(self, n_jets: int, most: int) -> str:
+        o = self.options
+        if o.min_subjets > 2:
+            return (f"objective.options.min_subjets={o.min_subjets} leaves no jets: none of {n_jets} jets "
+                    f"has that many R={o.subjet_radius} subjets (at most {most}); lower min_subjets")
+        return (f"jepa needs at least 2 subjets (R={o.subjet_radius}) per jet to split into context and "
+                f"targets, but none of the {n_jets} jets has more than one (jets with too few particles?); "
+                "use a different objective (e.g. mpm or jetclr) or a smaller subjet_radius")
+
+    def prepare(self, batches: Iterable[ParticleBatch]) -> None:
+        """Refuse, before the first step, a subjet selection that the data's first jets never pass."""
+        n_jets, most = 0, 0
+        for batch in itertools.islice(batches, SELECTION_CHECK_BATCHES):
+            counts = self.find_subjets(batch).mask.sum(1)
+            if bool((counts >= self.options.min_subjets).any()):
+                return
+            n_jets, most = n_jets + len(batch), max(most, int(counts.max()))
+        if n_jets:
+            raise HepfmInputError(self._none_usable(n_jets, most))
 
     def forward(self, batch: ParticleBatch) -> ObjectiveOutput:
         batch, subjets, n_bad = self._usable(batch, self.find_subjets(batch))
@@ -388,8 +418,11 @@ class JEPA(Objective):
         p, t = pred[targets].float(), target_reps[targets]  # (T, Ds): all target subjets of the batch
         loss = F.mse_loss(p, t) if self.options.loss == "mse" else F.smooth_l1_loss(p, t)
         with torch.no_grad():
+            # the seed's collapse check: 128 jets' subjet representations, flattened (padded subjets 0)
+            flat = (target_reps * subjets.mask.unsqueeze(-1))[:COLLAPSE_JETS].flatten(1)
             logs = {
                 "cos_sim": mean_pairwise_cosine(jet.detach()),
+                "cos_sim_flat": mean_pairwise_cosine(flat),
                 "pred_std": p.detach().std(0).mean() if len(p) > 1 else p.new_zeros(()),
                 "target_std": t.std(0).mean() if len(t) > 1 else t.new_zeros(()),
                 "targets_per_jet": targets.sum(1).float().mean(),
@@ -400,9 +433,11 @@ class JEPA(Objective):
     # -- the rest of the Objective contract
     def collapsed(self, logs: dict[str, float]) -> str | None:
         # identical jet embeddings for all jets: the seed's collapse signature
-        cos = logs.get("cos_sim")
-        if cos is not None and cos > 0.995:
-            return f"mean pairwise cosine similarity of jet embeddings is {cos:.4f}"
+        for key, what in (("cos_sim", "jet embeddings"),
+                          ("cos_sim_flat", "flattened subjet representations")):
+            cos = logs.get(key)
+            if cos is not None and cos > 0.995:
+                return f"mean pairwise cosine similarity of {what} is {cos:.4f}"
         return None
 
     def on_step_end(self, step: int, total_steps: int) -> None:
