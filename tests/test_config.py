@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 
@@ -107,3 +108,26 @@ def test_the_budget_flag_given_is_the_budget(flags, steps, epochs):
     args = parser.parse_args(["--data", "a.h5", "--val", "b.h5", *flags])
     flat = resolved("train", config_delta(args, "train"))
     assert (flat["train.max_steps"], flat["train.max_epochs"]) == (steps, epochs)
+
+
+SHIPPED = sorted((Path(__file__).resolve().parents[1] / "src" / "hepfm" / "configs").glob("*/*.yaml"))
+
+
+@pytest.mark.parametrize("path", [p for p in SHIPPED if p.parent.name != "study"], ids=lambda p: p.stem)
+def test_every_shipped_preset_resolves(path):
+    """Every preset a user can name passes the same checks a user's own config does."""
+    kind, name = path.parent.name, path.stem
+    if kind == "pretrain":
+        from hepfm.objectives.registry import objective_needs_labels
+        from hepfm.workflows.pretrain import resolve
+
+        _, _, objective, _, _ = resolve(name, {})
+        objective_needs_labels(objective.name, objective.options)  # composite parts are checked here
+    elif kind == "finetune":
+        from hepfm.workflows.finetune import resolve as resolve_ft
+
+        resolve_ft(name, {})
+    else:
+        from hepfm.workflows.classify import resolve_config
+
+        resolve_config(name, {})

@@ -170,6 +170,23 @@ def test_registry_build_and_export():
         create_objective("jetclr", lambda: create_backbone("transformer-small", 6), kin, {})
 
 
+def test_the_representation_after_the_head_layers_is_exported_with_them():
+    """Seed 000's code reads its linear classifier after the two head layers: with the head layers in the
+    backbone and no projection, the contrastive loss and the finetuning head read the same output."""
+    dims = {"num_layers": 1, "model_dim": 32, "ffn_dim": 64, "output_dim": 16, "num_head_layers": 2}
+    obj = create_objective("jetclr", lambda: create_backbone("transformer-small", 7, **dims),
+                           FEATURE_SETS.get("kin"), {"projection_dims": []})
+    assert len(obj.projection) == 0  # identity
+    bb = obj.export_backbone()
+    assert bb.pooled_dim == 16
+    assert sum(isinstance(m, torch.nn.Linear) for m in bb.head) == 2
+    batch = make_batch()
+    assert bb(batch).pooled.shape == (16, 16)
+    loss = obj(batch).loss
+    loss.backward()
+    assert bb.head[-1].weight.grad is not None  # the head layers are trained by the contrastive loss
+
+
 @pytest.mark.parametrize("preset", ["jetclr-paper", "jetclr-cpu"])
 def test_presets_are_consistent(preset):
     d = load_preset("pretrain", preset)
