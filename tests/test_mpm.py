@@ -281,3 +281,27 @@ def test_rank_tables_are_sized_by_the_data_particle_cap():
     assert obj.head.rank_embed.num_embeddings == 24
     with pytest.raises(HepfmInputError, match="max_rank"):
         create_objective("mpm", lambda: create_backbone("pfn-small", 7), kin, head)
+
+
+def test_the_codebook_can_tokenise_the_papers_inputs_only() -> None:
+    """token_features picks the columns the k-means codebook reads; the head still sees every feature."""
+    from hepfm.objectives.mpm import PAPER_TOKEN_FEATURES
+
+    paper = _mpm(token_features=list(PAPER_TOKEN_FEATURES), codebook_size=8)
+    assert paper.codebook.centres.shape == (8, 3)
+    kin = FEATURE_SETS.get("kin")
+    cols = [kin.names.index(n) for n in PAPER_TOKEN_FEATURES]
+    batch = _jets(3)
+    truth = batch.x[batch.mask]
+    # the token of a particle depends on those columns only
+    other = truth.clone()
+    rest = [i for i in range(kin.dim) if i not in cols]
+    other[:, rest] += 5.0
+    tokens = paper.codebook.encode(paper._tokenised(truth))
+    assert torch.equal(tokens, paper.codebook.encode(paper._tokenised(other)))
+    other[:, cols[0]] += 5.0  # moving Δη moves the tokens
+    assert not torch.equal(tokens, paper.codebook.encode(paper._tokenised(other)))
+    out = paper(batch)
+    assert torch.isfinite(out.loss)
+    with pytest.raises(HepfmInputError, match=r"token_features .* must name columns of feature set 'kin'"):
+        _mpm(token_features=["part_deta", "part_bogus"])

@@ -41,6 +41,8 @@ from hepfm.objectives.tokenize import KMeansCodebook
 from hepfm.options import from_dict
 
 ORDERINGS = ("none", "input", "head")
+#: What the MPM paper tokenises: each particle's (Δη, Δφ, log pT), as named in the ``kin`` feature set.
+PAPER_TOKEN_FEATURES = ("part_deta", "part_dphi", "part_pt_log")
 TARGETS = ("tokens", "regression")
 
 
@@ -63,6 +65,9 @@ class MPMConfig:
         head_dim, head_layers, head_heads, head_dropout: the prediction head, a small transformer
             over the backbone tokens (``head_layers: 0`` gives a per-particle MLP).
         regression_loss: ``mse`` or ``l1`` (``target: regression`` only).
+        token_features: the input features the codebook tokenises (names of the feature set's
+            columns); None: all of them. The paper tokenises (Δη, Δφ, log pT), which is
+            ``PAPER_TOKEN_FEATURES`` in the ``kin`` feature set. The head still sees every feature.
     """
 
     mask_fraction: float = 0.3
@@ -78,6 +83,7 @@ class MPMConfig:
     head_heads: int = 8
     head_dropout: float = 0.0
     regression_loss: str = "mse"
+    token_features: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         checks = {
@@ -203,9 +209,12 @@ class MaskedParticleModelling(Objective):
 
     name = "mpm"
 
-    def __init__(self, backbone: Backbone, in_features: int, config: MPMConfig | None = None) -> None:
+    def __init__(self, backbone: Backbone, in_features: int, config: MPMConfig | None = None,
+                 token_columns: tuple[int, ...] | None = None) -> None:
         super().__init__()
         cfg = config or MPMConfig()
+        #: the columns of ``batch.x`` the codebook reads (None: all)
+        self.token_columns = list(token_columns) if token_columns is not None else None
         self.max_rank = _max_rank(cfg)
         self.config = cfg
         self.backbone = backbone
@@ -216,7 +225,8 @@ class MaskedParticleModelling(Objective):
         if self.input_rank is not None:
             nn.init.trunc_normal_(self.input_rank.weight, std=0.02)
         tokens = cfg.target == "tokens"
-        self.codebook = KMeansCodebook(cfg.codebook_size, in_features) if tokens else None
+        n_token = len(self.token_columns) if self.token_columns is not None else in_features
+        self.codebook = KMeansCodebook(cfg.codebook_size, n_token) if tokens else None
         out_dim = cfg.codebook_size if tokens else in_features
         self.head = PredictionHead(backbone.embed_dim, out_dim, cfg)
         self._codebook_checked = False
@@ -227,7 +237,7 @@ class MaskedParticleModelling(Objective):
         """Fit the token codebook on the real particles of ``batches`` (no-op for regression)."""
         if self.codebook is None or (bool(self.codebook.fitted) and not force):
             return
-        rows = [b.x[b.mask].to(self.codebook.centres.device) for b in batches]
+        rows = [self._tokenised(b.x[b.mask]).to(self.codebook.centres.device) for b in batches]
         if not rows:
             raise HepfmInputError("mpm: prepare() got no batches to fit the token codebook on")
         self.fit_codebook(torch.cat(rows))
@@ -276,7 +286,7 @@ class MaskedParticleModelling(Objective):
         logs = {"masked_fraction": selected.sum() / batch.mask.sum().clamp(min=1)}
         if self.codebook is not None:
             self._check_codebook()
-            target = self.codebook.encode(truth)  # (M,)
+            target = self.codebook.encode(self._tokenised(truth))  # (M,)
             loss = F.cross_entropy(pred.float(), target)
             with torch.no_grad():
                 logs["token_accuracy"] = (pred.argmax(1) == target).float().mean()
@@ -288,6 +298,10 @@ class MaskedParticleModelling(Objective):
             logs["feature_mse"] = err.detach().square().mean()
             logs["feature_mae"] = err.detach().abs().mean()
         return ObjectiveOutput(loss, logs)
+
+    def _tokenised(self, x: torch.Tensor) -> torch.Tensor:
+        """The columns of particle features (M, F) that the codebook reads."""
+        return x if self.token_columns is None else x[:, self.token_columns]
 
     def _check_codebook(self) -> None:
         # read once (a host sync), not every step
@@ -323,4 +337,12 @@ def build(
         raise HepfmInputError(
             f"mpm: the backbone takes {backbone.in_features} features, feature set "
             f"{feature_set.name!r} has {feature_set.dim}")
-    return MaskedParticleModelling(backbone, feature_set.dim, config)
+    columns = None
+    if config.token_features is not None:
+        names = list(feature_set.names)
+        missing = [n for n in config.token_features if n not in names]
+        if missing or not config.token_features:
+            raise HepfmInputError(f"mpm: objective.options.token_features {list(config.token_features)} must "
+                                  f"name columns of feature set {feature_set.name!r}: {', '.join(names)}")
+        columns = tuple(names.index(n) for n in config.token_features)
+    return MaskedParticleModelling(backbone, feature_set.dim, config, columns)
