@@ -46,7 +46,7 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> None:
 
 def test_every_family_has_a_small_preset() -> None:
     assert {type(create_backbone(name, F_IN)) for name in SMALL} == FAMILIES
-    assert len(FAMILIES) == 4
+    assert len(FAMILIES) == 5
 
 
 @pytest.mark.parametrize("name", SMALL)

@@ -30,7 +30,6 @@ def test_backbone_multiplier_per_pretraining_objective():
 
 
 @pytest.mark.parametrize(("value", "message"), [
-    ({"backbone_lr_scale": {"jetclrr": 0.1}}, "did you mean finetune.backbone_lr_scale.jetclr"),
     ({"backbone_lr_scale": {"mpm": -1}}, "finetune.backbone_lr_scale.mpm must be a number >= 0"),
     ({"backbone_lr_scale": {"mpm": "fast"}}, "finetune.backbone_lr_scale.mpm must be a number >= 0"),
     ({"backbone_lr_scale": -0.5}, "finetune.backbone_lr_scale must be a number >= 0"),
@@ -41,6 +40,13 @@ def test_backbone_multiplier_per_pretraining_objective():
 def test_bad_protocol_values_are_refused(value, message):
     with pytest.raises(HepfmInputError, match=message.replace("(", r"\(").replace(")", r"\)")):
         from_dict(FinetuneConfig, value, "finetune")
+
+
+def test_an_unknown_objective_in_the_multipliers_is_named():
+    from hepfm.workflows.finetune import resolve
+
+    with pytest.raises(HepfmInputError, match=r"did you mean finetune\.backbone_lr_scale\.jetclr"):
+        resolve("cpu-small", {"finetune": {"backbone_lr_scale": {"jetclrr": 0.1}}})
 
 
 @pytest.mark.parametrize("name", SMALL)

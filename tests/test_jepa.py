@@ -15,9 +15,9 @@ from hepfm.contracts import ParticleBatch
 from hepfm.data.features import FEATURE_SETS
 from hepfm.data.jets import JetChunk
 from hepfm.errors import HepfmInputError
-from hepfm.models import create_backbone
+from hepfm.models import SubjetTransformer, create_backbone
 from hepfm.objectives.ema import momentum_at
-from hepfm.objectives.jepa import JEPA, mean_pairwise_cosine
+from hepfm.objectives.jepa import JEPA, SjTEncoder, mean_pairwise_cosine
 from hepfm.objectives.registry import create_objective
 
 KIN = FEATURE_SETS.get("kin")
@@ -56,12 +56,13 @@ def make_batch(n_jets: int = 12, n_max: int = 32, seed: int = 0, single: int = 0
     return ParticleBatch(x, torch.from_numpy(mask), torch.from_numpy(chunk.p4))
 
 
-def make_jepa(backbone: str = "part-small", **options) -> JEPA:
+def make_jepa(backbone: str = "part-small", backbone_options: dict | None = None, **options) -> JEPA:
     torch.manual_seed(0)
-    return create_objective("jepa", lambda: create_backbone(backbone, KIN.dim), KIN, options)
+    return create_objective("jepa", lambda: create_backbone(backbone, KIN.dim, **(backbone_options or {})),
+                            KIN, options)
 
 
-@pytest.mark.parametrize("backbone", ["part-small", "transformer-small"])
+@pytest.mark.parametrize("backbone", ["part-small", "transformer-small", "sjt-small"])
 def test_builds_from_registry_and_trains_a_step(backbone: str) -> None:
     obj = make_jepa(backbone)
     out = obj(make_batch())
@@ -196,8 +197,10 @@ def test_the_subjet_selection_keeps_jets_with_enough_subjets() -> None:
     with pytest.raises(HepfmInputError, match=r"min_subjets=\d+ leaves no jets") as err:
         strict.prepare(iter([batch, batch]))
     assert f"at most {cut}" in str(err.value)
-    with pytest.raises(HepfmInputError, match="leaves no jets"):
-        strict(batch)
+    skipped = strict(batch)  # a batch no jet passes: nothing to learn, but the run goes on
+    assert skipped.loss.item() == 0.0
+    assert skipped.logs["skipped_batches"].item() == 1
+    skipped.loss.backward()
     with pytest.raises(HepfmInputError, match="min_subjets must be >= 2"):
         make_jepa(min_subjets=1)
 
@@ -240,3 +243,86 @@ def test_options_and_export() -> None:
                                                    obj.target.backbone.state_dict().values(), strict=True))
     ctx = make_jepa(export="context")
     assert ctx.export_backbone() is ctx.context.backbone
+
+
+# --- subjet-level J-JEPA: the SjT as context and target encoder --------------------------------------
+
+
+def test_sjt_is_its_own_subjet_encoder() -> None:
+    obj = make_jepa("sjt-small")
+    assert obj.subjet_level
+    assert not make_jepa().subjet_level
+    assert isinstance(obj.context, SjTEncoder)
+    assert isinstance(obj.target, SjTEncoder)
+    assert [name for name, _ in obj.context.named_children()] == ["backbone"]  # no SEL on top
+    batch = make_batch()
+    sub = obj.find_subjets(batch)
+    with torch.no_grad():
+        sjt = obj.target.backbone
+        tokens, _, _ = sjt.encode_subjets(batch, sub.index, sub.max_subjets, sub.coordinates())
+        reps = obj.encode_targets(batch, sub)
+    torch.testing.assert_close(reps, torch.nn.functional.layer_norm(tokens, tokens.shape[-1:]))
+
+
+@pytest.mark.parametrize("aggregation", ["class_attention", "flatten"])
+def test_sjt_context_encoder_never_sees_target_subjets(aggregation: str) -> None:
+    obj = make_jepa("sjt-small", {"aggregation": aggregation}).eval()
+    batch = make_batch()
+    sub = obj.find_subjets(batch)
+    targets = obj.sample_targets(sub.mask, torch.Generator().manual_seed(3))
+    hidden = torch.gather(targets, 1, sub.index.clamp(min=0)) & (sub.index >= 0)  # (B, N)
+    assert hidden.any()
+    with torch.no_grad():
+        out1, reps1 = obj.encode_context(batch, sub, targets)
+        h = hidden.unsqueeze(-1)
+        changed = ParticleBatch(batch.x + 3.0 * h, batch.mask, batch.p4 * (1 + h))  # only target particles
+        out2, reps2 = obj.encode_context(changed, sub, targets)
+    assert torch.equal(out1.mask, sub.mask & ~targets)  # the target subjets are absent, the rest present
+    assert (reps1[targets] == 0).all()
+    torch.testing.assert_close(out1.pooled, out2.pooled)
+    torch.testing.assert_close(reps1, reps2)
+    # the test is sensitive: the target encoder (which sees the full jet) does change
+    assert not torch.allclose(obj.encode_targets(batch, sub), obj.encode_targets(changed, sub))
+
+
+@pytest.mark.parametrize("embedding", ["mlp", "attention"])  # SjT-T and AE-SjT-T in hepfm's reading
+def test_sjt_loss_decreases_on_a_fixed_batch(embedding: str) -> None:
+    obj = make_jepa("sjt-small", {"embedding": embedding})
+    batch = make_batch()
+    opt = torch.optim.AdamW([p for p in obj.parameters() if p.requires_grad], lr=2e-3)
+    losses = []
+    for step in range(12):
+        torch.manual_seed(0)  # the same context/target split every step
+        loss = obj(batch).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        obj.on_step_end(step, 100)
+        losses.append(loss.item())
+    assert all(math.isfinite(v) for v in losses)
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_sjt_options_must_agree_with_the_backbone() -> None:
+    with pytest.raises(HepfmInputError, match=r"objective\.options\.max_subjets=10 differs .*max_subjets=20"):
+        make_jepa("sjt-small", max_subjets=10)
+    with pytest.raises(HepfmInputError, match=r"subjet_radius=0\.3 differs"):
+        make_jepa("sjt-small", subjet_radius=0.3)
+    with pytest.raises(HepfmInputError, match=r"subjet_embedding=mlp contradicts .*embedding=attention"):
+        make_jepa("sjt-small", subjet_embedding="mlp")
+    with pytest.raises(HepfmInputError, match="subjet_dim=32 contradicts"):
+        make_jepa("sjt-small", subjet_dim=32)
+    make_jepa("sjt-small", {"embedding": "mlp", "max_subjets": 10}, subjet_embedding="mlp", max_subjets=10)
+
+
+def test_sjt_export_is_an_sjt_that_encodes_plain_batches() -> None:
+    obj = make_jepa("sjt-small", {"aggregation": "flatten"})
+    exported = obj.export_backbone()
+    assert isinstance(exported, SubjetTransformer)
+    assert all(p.requires_grad for p in exported.parameters())
+    batch = make_batch()
+    out = exported.eval()(batch)
+    assert out.tokens.shape == (*batch.mask.shape, 64)
+    assert out.pooled is not None
+    assert out.pooled.shape == (len(batch), 20 * 64)
+    assert torch.isfinite(out.pooled).all()

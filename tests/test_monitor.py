@@ -8,8 +8,8 @@ from torch import nn
 
 from hepfm.contracts import BackboneOutput, ParticleBatch
 from hepfm.data.features import FEATURE_SETS
-from hepfm.evaluation.monitor import EmbeddingProbe
 from hepfm.nn.testing import random_jets
+from hepfm.training.monitor import EmbeddingProbe
 
 KIN = FEATURE_SETS.get("kin")
 

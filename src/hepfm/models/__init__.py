@@ -10,6 +10,7 @@ family plus a config (a *preset*). ``-small`` presets are for CPU tests and quic
 | ``particle_net``       | ParticleNet            | arXiv:1902.08570               |
 | ``particle_net-lite``  | ParticleNet-Lite       | arXiv:1902.08570               |
 | ``pfn``                | ParticleFlowNetwork    | arXiv:1810.05165               |
+| ``sjt``                | SubjetTransformer      | arXiv:2412.05333, seed 001     |
 
 Example:
     >>> from hepfm.models import create_backbone
@@ -31,6 +32,7 @@ from hepfm.models.particle_transformer import (
     load_weaver_state_dict,
 )
 from hepfm.models.pfn import ParticleFlowNetwork, PFNConfig
+from hepfm.models.subjet_transformer import SubjetTransformer, SubjetTransformerConfig
 from hepfm.models.transformer import Transformer, TransformerConfig
 from hepfm.nn.backbone import Backbone
 from hepfm.options import check_known
@@ -89,6 +91,18 @@ _add(
     PFNConfig(phi_dims=(32, 32, 64), f_dims=(32, 32)),
     "Particle Flow Network for CPU tests",
 )
+_add(
+    "sjt",
+    SubjetTransformer,
+    SubjetTransformerConfig(),
+    "J-JEPA's Subjet Transformer: attention SEL, D=256, 4 blocks, class attention",
+)
+_add(
+    "sjt-small",
+    SubjetTransformer,
+    SubjetTransformerConfig(dim=64, num_layers=2, num_heads=4, num_cls_layers=1),
+    "Subjet Transformer for CPU tests (D=64, 2 blocks)",
+)
 
 
 def _as_tuples(value: Any) -> Any:
@@ -133,6 +147,8 @@ __all__ = [
     "ParticleNetConfig",
     "ParticleTransformer",
     "ParticleTransformerConfig",
+    "SubjetTransformer",
+    "SubjetTransformerConfig",
     "Transformer",
     "TransformerConfig",
     "WeaverClassifier",

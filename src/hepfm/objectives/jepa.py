@@ -5,7 +5,22 @@ Joint Embedding Predictive Architecture", arXiv:2412.05333 (seed 001, the group'
 (Assran et al., arXiv:2301.08243). It learns without augmentations ("augmentation free to minimize
 bias") by predicting in representation space, not input space.
 
-How it maps onto hepfm's particle-level backbones (J-JEPA's own encoder works on subjet tokens):
+Two variants, chosen by the backbone:
+
+* **subjet-level J-JEPA (the seed's SjT)**, with the ``sjt`` backbones
+  (:class:`~hepfm.models.subjet_transformer.SubjetTransformer`): the encoder embeds every subjet on
+  its own (per-particle MLP + subjet embedding layer, SEL), then a transformer runs over the subjet
+  tokens; its output subjet tokens are the representations and there is no extra SEL on top.
+* **particle-level J-JEPA (hepfm's own)**, with any particle backbone (ParT, transformer, ...): the
+  backbone runs over the particles, then an SEL owned by the objective pools its tokens per subjet.
+
+The seed compares "SjT-T" and "AE-SjT-T" without defining "AE". **Our interpretation** (not stated in
+the seed): both are SjT encoders with a transformer ("-T") predictor; SjT-T uses the MLP SEL
+(``model.backbone_options.embedding=mlp``) and AE-SjT-T the attention-embedding SEL
+(``embedding=attention``, the default). The talk's finetuning aggregations "Flatten" and "Cls Attn" are
+the SjT's ``aggregation`` (``flatten`` / ``class_attention``).
+
+The steps (where the SjT differs, they say so):
 
 1. **Subjets.** Each jet's constituents are clustered into anti-kT R = 0.2 subjets (talk: "cluster
    subjets with radius 0.2"), pT-ordered, the leading ``max_subjets`` = 20 kept (their code's
@@ -18,18 +33,25 @@ How it maps onto hepfm's particle-level backbones (J-JEPA's own encoder works on
    fixed generator so validation losses are comparable between evaluations.
 3. **Context encoder** = the backbone on the jet *without* the target particles: they are gathered
    out of the batch (not merely masked), so no backbone, ParT's pair features included, can see them.
-   Its particle tokens are pooled per context subjet by the **subjet embedding layer** (SEL:
-   ``mlp`` = mean + MLP, or ``attention`` = a learned query attending to the subjet's particles;
-   the talk found attention better). The particles' features stay those of the full jet (Δη, Δφ to
-   its axis, pT fractions): the same frame as the target coordinates the predictor is given anyway.
-4. **Target encoder** = an EMA copy of (backbone + SEL), no gradients, dropout off, applied to the
-   full jet; its SEL output per target subjet, layer-normalised without affine parameters (I-JEPA),
-   is the regression target.
+   Particle-level: its particle tokens are pooled per context subjet by the **subjet embedding layer**
+   (SEL: ``mlp`` = mean + MLP, or ``attention`` = a learned query attending to the subjet's particles;
+   the talk found attention better). SjT: the SjT's ``encode_subjets`` with the context's subjet
+   index, so the target subjets are simply absent from its tokens; their subjet coordinates are the
+   full jet's. The particles' features stay those of the full jet (Δη, Δφ to its axis, pT
+   fractions): the same frame as the target coordinates the predictor is given anyway.
+4. **Target encoder** = an EMA copy of the encoder (backbone + SEL, or the SjT), no gradients, dropout
+   off, applied to the full jet; its subjet representation per target subjet, layer-normalised without
+   affine parameters (I-JEPA), is the regression target.
 5. **Predictor**: a narrow transformer (bottleneck ``predictor_dim``, default half the subjet width,
    as their 512-of-1024 predictor) over [context jet embedding, context subjet tokens + their
    coordinates, one mask-token query per target + the target's coordinates (Δη, Δφ to the jet axis,
-   log pT fraction)]. Coordinates reach both sides, the variant the talk found best.
+   log pT fraction)]. Coordinates reach both sides, the variant the talk found best. The jet embedding
+   is the backbone's pooled output on the context (SjT: its aggregation of the context subjets).
    Loss: MSE (their code) or smooth L1 (I-JEPA) between predictions and targets.
+
+With an SjT the objective's ``subjet_radius``, ``max_subjets`` and ``subjet_algorithm`` must equal the
+backbone's (a mismatch is refused rather than silently resolved: the finetuned SjT clusters with its
+own settings, so pretraining must use the same), and its SEL is the backbone's ``embedding``.
 
 Collapse guards from the talk: targets only from non-empty subjets, attention SEL, a small predictor
 width, normalised inputs (hepfm's standardised features) and the EMA target (momentum 0.996 -> 1,
@@ -42,8 +64,11 @@ per-dimension standard deviations of predictions and targets over the batch's ta
 
 Jets with fewer than ``min_subjets`` subjets (2: those that cannot be split; the seed keeps only jets
 with more than 10, ``min_subjets: 11``) are dropped from the batch and counted in the
-``unusable_jets`` log; a batch with no usable jet raises :class:`~hepfm.errors.HepfmInputError`, and
-``prepare`` refuses a selection that none of the data's first jets pass before the first step.
+``unusable_jets`` log. With the default, a batch with no usable jet raises
+:class:`~hepfm.errors.HepfmInputError` (the data cannot be split). With a stricter selection a batch
+that no jet passes gives a zero loss (``skipped_batches``; the optimizer still applies its momentum),
+so that a rare selection does not end a long run; ``prepare`` refuses, before the first step, a
+selection that none of the data's first jets pass.
 
 Exported backbone: the EMA **target** encoder by default (``export: target``): the talk finetunes
 "the target encoder" and I-JEPA evaluates it; it has seen whole jets during pretraining, as it will
@@ -56,6 +81,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -64,16 +90,16 @@ from torch import nn
 
 from hepfm.contracts import BackboneOutput, ParticleBatch
 from hepfm.errors import HepfmInputError
-from hepfm.nn.attention import MultiheadAttention
-from hepfm.nn.backbone import Backbone
+from hepfm.models.subjet_transformer import SubjetTransformer
+from hepfm.nn.backbone import Backbone, slice_batch, used_length
 from hepfm.nn.blocks import NormFormerBlock
+from hepfm.nn.subjets import SUBJET_EMBEDDINGS, make_subjet_embedding
 from hepfm.objectives.base import Objective, ObjectiveOutput, jet_embedding
 from hepfm.objectives.ema import MOMENTUM_SCHEDULES, ema_update_, make_target, momentum_at
 from hepfm.objectives.registry import OBJECTIVES, BackboneFactory
 from hepfm.options import from_dict
 from hepfm.physics.subjets import ALGORITHMS, Subjets, find_subjets
 
-SUBJET_EMBEDDINGS = ("mlp", "attention")
 #: Jets in the seed's collapse check (mean pairwise cosine of flattened subjet representations).
 COLLAPSE_JETS = 128
 #: Batches of the data :meth:`JEPA.prepare` looks at for a jet that passes the subjet selection.
@@ -89,9 +115,13 @@ class JEPAOptions:
         target_fraction: fraction of a jet's subjets that become targets (their ``trgt_ratio``).
         n_targets: a fixed number of targets per jet instead (None: use ``target_fraction``).
         subjet_radius, subjet_algorithm: the subjet clustering (anti-kT R = 0.2 as in J-JEPA).
-        max_subjets: leading-pT subjets kept per jet (J-JEPA: 20).
-        subjet_embedding: ``attention`` or ``mlp`` subjet embedding layer.
-        subjet_dim: width of subjet representations (None: the backbone's token width).
+        max_subjets: leading-pT subjets kept per jet (J-JEPA: 20). With an SjT backbone these three must
+            equal the backbone's (a mismatch is refused: the SjT would otherwise see other subjets
+            when finetuned than during pretraining).
+        subjet_embedding: ``attention`` or ``mlp`` subjet embedding layer (None: ``attention``). With an
+            SjT backbone its own ``embedding`` is the SEL; a value given here must agree with it.
+        subjet_dim: width of subjet representations (None: the backbone's token width; an SjT's
+            must be its ``dim``).
         predictor_depth, predictor_dim, predictor_heads: the predictor transformer; ``predictor_dim``
             None = half of ``subjet_dim`` (the bottleneck, a collapse guard).
         ema_start, ema_end, ema_schedule: target-encoder momentum over training.
@@ -106,7 +136,7 @@ class JEPAOptions:
     subjet_radius: float = 0.2
     subjet_algorithm: str = "antikt"
     max_subjets: int = 20
-    subjet_embedding: str = "attention"
+    subjet_embedding: str | None = None
     subjet_dim: int | None = None
     predictor_depth: int = 2
     predictor_dim: int | None = None
@@ -132,7 +162,7 @@ class JEPAOptions:
             (self.subjet_radius > 0, "subjet_radius must be positive"),
             (self.subjet_algorithm in ALGORITHMS, f"subjet_algorithm must be one of {list(ALGORITHMS)}"),
             (self.max_subjets >= 2, "max_subjets must be >= 2 (a context and a target)"),
-            (self.subjet_embedding in SUBJET_EMBEDDINGS,
+            (self.subjet_embedding is None or self.subjet_embedding in SUBJET_EMBEDDINGS,
              f"subjet_embedding must be one of {SUBJET_EMBEDDINGS}"),
             (self.predictor_depth >= 1 and self.predictor_heads >= 1, "predictor_depth/heads must be >= 1"),
             (self.predictor_dim is None or self.predictor_dim % self.predictor_heads == 0,
@@ -149,78 +179,66 @@ class JEPAOptions:
                 raise HepfmInputError(f"objective jepa: {problem}")
 
 
-# --- subjet embedding layers ----------------------------------------------------------------------
-
-def _membership(index: torch.Tensor, n_subjets: int) -> torch.Tensor:
-    """(B, S, N) bool: particle n belongs to subjet s. Shape: index (B, N) int, -1 = none."""
-    subjet_ids = torch.arange(n_subjets, device=index.device)
-    return index.unsqueeze(1) == subjet_ids[None, :, None]
-
-
-def _sel_mlp(dim: int, out_dim: int) -> nn.Sequential:
-    return nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
-
-
-class MeanMLPEmbedding(nn.Module):
-    """SEL ``mlp``: mean of the subjet's particle tokens, then ``LayerNorm -> Linear -> GELU -> Linear``."""
-
-    def __init__(self, dim: int, out_dim: int) -> None:
-        super().__init__()
-        self.mlp = _sel_mlp(dim, out_dim)
-
-    def forward(self, tokens: torch.Tensor, index: torch.Tensor, n_subjets: int) -> torch.Tensor:
-        """Shape: tokens (B, N, D), index (B, N) -> (B, S, out_dim)."""
-        member = _membership(index, n_subjets).to(tokens.dtype)  # (B, S, N)
-        mean = member @ tokens / member.sum(-1, keepdim=True).clamp(min=1.0)  # (B, S, D)
-        return self.mlp(mean)
+def check_sjt_options(opts: JEPAOptions, backbone: SubjetTransformer) -> None:
+    """Refuse objective options that contradict the SjT's: both must see the same subjets and SEL."""
+    cfg = backbone.config
+    pairs = (("subjet_radius", opts.subjet_radius, "subjet_radius", cfg.subjet_radius),
+             ("max_subjets", opts.max_subjets, "max_subjets", cfg.max_subjets),
+             ("subjet_algorithm", opts.subjet_algorithm, "subjet_algorithm", cfg.subjet_algorithm),
+             ("subjet_embedding", opts.subjet_embedding or cfg.embedding, "embedding", cfg.embedding),
+             ("subjet_dim", opts.subjet_dim or cfg.dim, "dim", cfg.dim))
+    for ours, value, theirs, expected in pairs:
+        if value != expected:
+            raise HepfmInputError(
+                f"objective jepa: objective.options.{ours}={value} contradicts the sjt backbone's "
+                f"model.backbone_options.{theirs}={expected}; set them equal (or leave {ours} unset)"
+                if ours in ("subjet_embedding", "subjet_dim") else
+                f"objective jepa: objective.options.{ours}={value} differs from the sjt backbone's "
+                f"model.backbone_options.{theirs}={expected}; set both to the same value")
 
 
-class AttentionEmbedding(nn.Module):
-    """SEL ``attention``: a learned query attends to the (normalised) tokens of its subjet's particles.
-
-    J-JEPA's attention-based SEL gave clearly better finetuned taggers than the MLP one (talk, results 3).
-    """
-
-    def __init__(self, dim: int, out_dim: int, num_heads: int = 4) -> None:
-        super().__init__()
-        heads = num_heads if dim % num_heads == 0 else 1
-        self.query = nn.Parameter(torch.zeros(1, 1, dim))
-        nn.init.trunc_normal_(self.query, std=0.02)
-        self.norm = nn.LayerNorm(dim)
-        self.attn = MultiheadAttention(dim, heads)
-        self.mlp = _sel_mlp(dim, out_dim)
-
-    def no_weight_decay(self) -> set[str]:
-        return {"query"}
-
-    def forward(self, tokens: torch.Tensor, index: torch.Tensor, n_subjets: int) -> torch.Tensor:
-        """Shape: tokens (B, N, D), index (B, N) -> (B, S, out_dim)."""
-        member = _membership(index, n_subjets)  # (B, S, N)
-        empty = ~member.any(-1, keepdim=True)  # (B, S, 1): let empty rows attend anywhere (finite)
-        bias = torch.zeros(member.shape, dtype=tokens.dtype, device=tokens.device)
-        bias = bias.masked_fill(~(member | empty), float("-inf")).unsqueeze(1)  # (B, 1, S, N)
-        query = self.query.expand(tokens.shape[0], n_subjets, -1)  # (B, S, D)
-        pooled = query + self.attn(query, context=self.norm(tokens), attn_bias=bias)  # (B, S, D)
-        return self.mlp(pooled).masked_fill(empty, 0.0)
-
-
-def make_subjet_embedding(kind: str, dim: int, out_dim: int) -> nn.Module:
-    return AttentionEmbedding(dim, out_dim) if kind == "attention" else MeanMLPEmbedding(dim, out_dim)
-
+# --- encoders -------------------------------------------------------------------------------------
 
 class SubjetEncoder(nn.Module):
-    """Backbone + subjet embedding layer: the encoder that J-JEPA's context and target share."""
+    """Particle-level J-JEPA's encoder: a particle backbone + a subjet embedding layer on its tokens."""
 
     def __init__(self, backbone: Backbone, sel: nn.Module) -> None:
         super().__init__()
         self.backbone = backbone
         self.sel = sel
 
-    def forward(self, batch: ParticleBatch, index: torch.Tensor, n_subjets: int
+    def forward(self, batch: ParticleBatch, index: torch.Tensor, n_subjets: int, coords: torch.Tensor
                 ) -> tuple[BackboneOutput, torch.Tensor]:
-        """Shape: index (B, N) subjet per particle -> (backbone output, subjet tokens (B, S, Ds))."""
+        """Shape: index (B, N) subjet per particle -> (backbone output, subjet tokens (B, S, Ds)).
+
+        ``coords`` is unused: the particle backbone sees the particles' own coordinates.
+        """
+        del coords
         out = self.backbone(batch)
         return out, self.sel(out.tokens, index, n_subjets)
+
+
+class SjTEncoder(nn.Module):
+    """Subjet-level J-JEPA's encoder: the SjT itself, its output subjet tokens the representations."""
+
+    def __init__(self, backbone: SubjetTransformer) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, batch: ParticleBatch, index: torch.Tensor, n_subjets: int, coords: torch.Tensor
+                ) -> tuple[BackboneOutput, torch.Tensor]:
+        """Shape: index (B, N), coords (B, S, 3) -> (subjet-level output, subjet tokens (B, S, D)).
+
+        The output is over *subjets*: tokens (B, S, D), mask (B, S) the subjets present in ``batch``,
+        pooled the SjT's jet embedding. ``coords`` are the full jet's (the targets' frame).
+        """
+        bb = self.backbone
+        bb.check_batch(batch)
+        if bb.trim and not torch.compiler.is_compiling():  # the context's freed slots sit at the end
+            length = used_length(batch.mask)
+            batch, index = slice_batch(batch, length), index[:, :length]
+        tokens, mask, pooled = bb.encode_subjets(batch, index, n_subjets, coords)
+        return BackboneOutput(tokens=tokens, mask=mask, pooled=pooled), tokens
 
 
 # --- predictor ------------------------------------------------------------------------------------
@@ -325,11 +343,23 @@ class JEPA(Objective):
         sub_dim = opts.subjet_dim or dim
         half = (sub_dim // 2) // opts.predictor_heads * opts.predictor_heads  # bottleneck, multiple of heads
         width = opts.predictor_dim or max(opts.predictor_heads, half)
-        self.context = SubjetEncoder(backbone, make_subjet_embedding(opts.subjet_embedding, dim, sub_dim))
-        factory = None if target_backbone is None else (
-            lambda: SubjetEncoder(target_backbone,
-                                  make_subjet_embedding(opts.subjet_embedding, dim, sub_dim)))
-        self.target = make_target(self.context, factory)  # EMA copy of backbone + SEL
+        #: subjet-level J-JEPA (the seed's SjT) rather than particle-level (hepfm's own)
+        self.subjet_level = isinstance(backbone, SubjetTransformer)
+        sel = opts.subjet_embedding or "attention"
+
+        def encoder(bb: Backbone) -> SubjetEncoder | SjTEncoder:
+            if self.subjet_level:
+                if not isinstance(bb, SubjetTransformer):
+                    raise TypeError("the target backbone of an SjT context encoder must be an SjT too")
+                return SjTEncoder(bb)
+            return SubjetEncoder(bb, make_subjet_embedding(sel, dim, sub_dim))
+
+        if isinstance(backbone, SubjetTransformer):
+            check_sjt_options(opts, backbone)
+        self.context = encoder(backbone)
+        # the EMA copy of the encoder (backbone + SEL, or the SjT)
+        factory = None if target_backbone is None else partial(encoder, target_backbone)
+        self.target = make_target(self.context, factory)
         self.predictor = Predictor(backbone.pooled_dim or dim, sub_dim, width, opts.predictor_depth,
                                    opts.predictor_heads)
 
@@ -368,18 +398,18 @@ class JEPA(Objective):
         idx = subjets.index
         hidden = torch.gather(targets, 1, idx.clamp(min=0)) & (idx >= 0)  # (B, N) particle in a target
         ctx, ctx_index = without_particles(batch, batch.mask & ~hidden, idx)
-        return self.context(ctx, ctx_index, subjets.max_subjets)
+        return self.context(ctx, ctx_index, subjets.max_subjets, subjets.coordinates())
 
     @torch.no_grad()
     def encode_targets(self, batch: ParticleBatch, subjets: Subjets) -> torch.Tensor:
         """(B, S, Ds) layer-normalised target-encoder representations of every subjet of the full jet."""
-        _, reps = self.target(batch, subjets.index, subjets.max_subjets)
+        _, reps = self.target(batch, subjets.index, subjets.max_subjets, subjets.coordinates())
         return F.layer_norm(reps.float(), reps.shape[-1:])
 
     def _usable(self, batch: ParticleBatch, subjets: Subjets) -> tuple[ParticleBatch, Subjets, int]:
         usable = subjets.mask.sum(1) >= self.options.min_subjets  # (B,)
         n_bad = len(batch) - int(usable.sum())
-        if n_bad == len(batch):
+        if n_bad == len(batch) and self.options.min_subjets <= 2:
             raise HepfmInputError(self._none_usable(len(batch), int(subjets.mask.sum(1).max())))
         if n_bad:
             return take_jets(batch, usable), subjets.take(usable), n_bad
@@ -406,7 +436,12 @@ class JEPA(Objective):
             raise HepfmInputError(self._none_usable(n_jets, most))
 
     def forward(self, batch: ParticleBatch) -> ObjectiveOutput:
+        n_jets = len(batch)
         batch, subjets, n_bad = self._usable(batch, self.find_subjets(batch))
+        if n_bad == n_jets:  # a selective min_subjets that no jet of this batch passes: nothing to learn
+            zero = sum((p.sum() * 0.0 for p in self.parameters() if p.requires_grad), torch.zeros(()))
+            return ObjectiveOutput(zero, {"unusable_jets": torch.tensor(float(n_bad)),
+                                          "skipped_batches": torch.tensor(1.0)})
         gen = None
         if not self.training:  # the same splits at every evaluation: comparable validation losses
             gen = torch.Generator(device=batch.mask.device).manual_seed(0)

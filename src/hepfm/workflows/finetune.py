@@ -29,6 +29,8 @@ from hepfm.configs.sections import (
 from hepfm.data.features import FeatureSet
 from hepfm.errors import HepfmInputError
 from hepfm.io import write_json_atomic
+from hepfm.objectives.registry import objective_names
+from hepfm.options import check_known
 from hepfm.training import checkpoint as ckpt
 from hepfm.training.config import TrainConfig
 from hepfm.training.engine import Trainer, seed_everything
@@ -50,11 +52,14 @@ def resolve(preset: str, delta: dict[str, Any], bb_spec: dict[str, Any] | None =
     if bb_spec is not None:
         defaults |= {"max_particles": bb_spec["max_particles"], "features": bb_spec["features"]["name"]}
     data = section(DataConfig, d, "data", defaults=defaults)
+    ft = section(FinetuneConfig, d, "finetune")
+    if isinstance(ft.backbone_lr_scale, dict):
+        check_known(ft.backbone_lr_scale, ("default", *objective_names()), "finetune.backbone_lr_scale",
+                    what="objective")
     if bb_spec is not None and data.features != bb_spec["features"]["name"]:
         raise HepfmInputError(f"data.features: the pretrained backbone takes {bb_spec['features']['name']!r} "
                               f"features, not {data.features!r}")
-    return data, section(HeadConfig, d, "head"), section(FinetuneConfig, d, "finetune"), \
-        TrainConfig.from_dict(d.get("train", {}))
+    return data, section(HeadConfig, d, "head"), ft, TrainConfig.from_dict(d.get("train", {}))
 
 
 def protocol(ft: FinetuneConfig, mode: str, bb_spec: dict[str, Any]) -> dict[str, Any]:

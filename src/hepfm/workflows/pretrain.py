@@ -21,13 +21,13 @@ from hepfm.configs import load_preset, merge_run_config
 from hepfm.configs.sections import DataConfig, ModelConfig, ObjectiveConfig, section, split_sections
 from hepfm.data.features import FEATURE_SETS, FeatureSet
 from hepfm.errors import HepfmInputError
-from hepfm.evaluation.monitor import EmbeddingProbe, ProbeConfig
 from hepfm.io import write_json_atomic
 from hepfm.models import create_backbone
 from hepfm.objectives.registry import create_objective, objective_needs_labels
 from hepfm.training import checkpoint as ckpt
 from hepfm.training.config import TrainConfig
 from hepfm.training.engine import Trainer, seed_everything
+from hepfm.training.monitor import EmbeddingProbe, ProbeConfig
 from hepfm.workflows.data import evaluation_loader, open_data, open_inputs
 from hepfm.workflows.provenance import resuming, run_directory, write_run_header
 
