@@ -19,7 +19,6 @@ the returned tokens are zero at padded slots.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from torch import nn
 from hepfm.contracts import BackboneOutput, ParticleBatch
 from hepfm.nn.attention import attention_mask
 from hepfm.nn.backbone import Backbone
-from hepfm.nn.blocks import NormFormerBlock
+from hepfm.nn.blocks import NormFormerBlock, vit_init_
 from hepfm.nn.norm import MaskedBatchNorm
 from hepfm.physics.pairwise import pairwise_features
 
@@ -182,18 +181,8 @@ class ParticleTransformer(Backbone):
     def _init_weights(self) -> None:
         # MoCo-v3/BEiT-style ViT init (what ParT trains from): Xavier per Q/K/V matrix, zero biases,
         # and residual-branch outputs shrunk with depth so early training stays near identity.
-        for name, module in self.named_modules():
-            if isinstance(module, nn.Linear) and not name.startswith("pair_embed"):
-                fan_out = module.weight.shape[0] // (3 if name.endswith("attn.qkv") else 1)
-                bound = math.sqrt(6.0 / (fan_out + module.weight.shape[1]))
-                nn.init.uniform_(module.weight, -bound, bound)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        vit_init_(self, cast("Iterable[NormFormerBlock]", self.blocks), skip="pair_embed")
         nn.init.trunc_normal_(self.cls_token, std=0.02)
-        with torch.no_grad():
-            for depth, blk in enumerate(cast("Iterable[NormFormerBlock]", self.blocks), start=1):
-                blk.attn.proj.weight.div_(math.sqrt(2.0 * depth))
-                blk.fc2.weight.div_(math.sqrt(2.0 * depth))
 
     def no_weight_decay(self) -> set[str]:
         return {"cls_token"}

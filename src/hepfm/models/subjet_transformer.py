@@ -28,7 +28,6 @@ override ``dim`` / ``num_layers`` to approach it.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import cast
@@ -40,7 +39,7 @@ from torch import nn
 from hepfm.contracts import BackboneOutput, ParticleBatch
 from hepfm.errors import HepfmInputError
 from hepfm.nn.backbone import Backbone
-from hepfm.nn.blocks import NormFormerBlock
+from hepfm.nn.blocks import NormFormerBlock, vit_init_
 from hepfm.nn.subjets import SUBJET_EMBEDDINGS, make_subjet_embedding, subjet_membership
 from hepfm.physics.subjets import ALGORITHMS, Subjets, find_subjets
 
@@ -159,19 +158,9 @@ class SubjetTransformer(Backbone):
 
     def _init_weights(self) -> None:
         # ParT's init: Xavier per Q/K/V matrix, zero biases, residual outputs shrunk with depth.
-        for name, module in self.named_modules():
-            if isinstance(module, nn.Linear):
-                fan_out = module.weight.shape[0] // (3 if name.endswith("attn.qkv") else 1)
-                bound = math.sqrt(6.0 / (fan_out + module.weight.shape[1]))
-                nn.init.uniform_(module.weight, -bound, bound)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        vit_init_(self, cast("Iterable[NormFormerBlock]", self.blocks))
         if hasattr(self, "cls_token"):
             nn.init.trunc_normal_(self.cls_token, std=0.02)
-        with torch.no_grad():
-            for depth, blk in enumerate(cast("Iterable[NormFormerBlock]", self.blocks), start=1):
-                blk.attn.proj.weight.div_(math.sqrt(2.0 * depth))
-                blk.fc2.weight.div_(math.sqrt(2.0 * depth))
 
     def no_weight_decay(self) -> set[str]:
         names = {"cls_token"} if hasattr(self, "cls_token") else set()

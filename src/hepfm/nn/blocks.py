@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
@@ -142,3 +143,20 @@ class PostNormBlock(nn.Module):
         x = self.norm1(x + self.dropout(self.attn(x, key_mask=key_mask)))
         h = self.fc2(self.dropout_ffn(self.act(self.fc1(x))))
         return self.norm2(x + self.dropout(h))
+
+
+def vit_init_(model: nn.Module, blocks: Iterable[NormFormerBlock], skip: str = "") -> None:
+    """MoCo-v3/BEiT-style ViT init (what ParT trains from), in place: Xavier per Q/K/V matrix and zero
+    biases for every Linear (except under the ``skip`` prefix), and each block's residual-branch outputs
+    shrunk by sqrt(2 depth), so that early training stays near the identity."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and not (skip and name.startswith(skip)):
+            fan_out = module.weight.shape[0] // (3 if name.endswith("attn.qkv") else 1)
+            bound = math.sqrt(6.0 / (fan_out + module.weight.shape[1]))
+            nn.init.uniform_(module.weight, -bound, bound)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+    with torch.no_grad():
+        for depth, blk in enumerate(blocks, start=1):
+            blk.attn.proj.weight.div_(math.sqrt(2.0 * depth))
+            blk.fc2.weight.div_(math.sqrt(2.0 * depth))
