@@ -298,13 +298,17 @@ def test_bad_study_input_is_one_line_exit_2(toptag_files, tmp_path, capsys, chan
     assert not (out / "results.json").exists()
 
 
-@pytest.mark.parametrize("preset", ["demo", "cpu", "seed000-jetclass-toptag"])
+SHIPPED_STUDIES = {"demo", "cpu", "seed000-jetclass-toptag", "cpu-protocol", "cpu-proof-in-domain",
+                   "cpu-proof-cross-domain"}
+
+
+@pytest.mark.parametrize("preset", sorted(SHIPPED_STUDIES))
 def test_every_shipped_study_preset_resolves(preset):
     """Each preset's keys and stage overrides resolve on any machine (its files are the user's)."""
     from hepfm.options import from_dict
     from hepfm.studies.spec import STUDY_PRESETS, StudySpec, check_presets, normalise
 
-    assert {p.stem for p in STUDY_PRESETS.glob("*.yaml")} == {"demo", "cpu", "seed000-jetclass-toptag"}
+    assert {p.stem for p in STUDY_PRESETS.glob("*.yaml")} == SHIPPED_STUDIES
     spec = from_dict(StudySpec, normalise(yaml.safe_load((STUDY_PRESETS / f"{preset}.yaml").read_text())), "")
     check_presets(spec)
     assert spec.tasks
