@@ -45,7 +45,7 @@ def test_every_objective_exports_a_backbone(pretrained, objective):
     assert any("val_loss" in r for r in rows)
 
 
-@pytest.mark.parametrize("mode", ["finetune", "frozen", "scratch"])
+@pytest.mark.parametrize("mode", ["finetune", "frozen", "scratch", "random"])
 def test_finetune_modes_and_evaluate(pretrained, toptag_files, tmp_path, mode, capsys):
     from safetensors.torch import load_file
 
@@ -61,6 +61,10 @@ def test_finetune_modes_and_evaluate(pretrained, toptag_files, tmp_path, mode, c
     best = load_file(str(run / "best.safetensors"))
     same = all(torch.equal(best[f"backbone.{k}"], v) for k, v in pre.items())
     assert same == (mode == "frozen")  # only the frozen backbone stays exactly the pretrained one
+    if mode == "random":  # the random initialisation stays as it was: the first and the last step agree
+        last = torch.load(run / "checkpoints" / "last.pt", weights_only=False)["model"]
+        assert all(torch.equal(best[k], last[k]) for k in best if k.startswith("backbone.")
+                   and "running_" not in k and "num_batches" not in k)
     capsys.readouterr()
     assert main(["evaluate", str(run), "--data", str(f["test"]), "--json", "--no-plots"]) == 0
     m = json.loads(capsys.readouterr().out)

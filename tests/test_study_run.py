@@ -230,18 +230,21 @@ def test_a_cwola_task_trains_on_mixed_samples_and_scores_true_labels(toptag_file
 
 
 def test_finetuning_recipes_are_a_grid_axis(toptag_files, tmp_path):
-    """Each recipe is its own finetune cell with its own protocol; frozen and scratch run once."""
+    """Each recipe is its own finetune cell with its own protocol; frozen, scratch and the random-init
+    control run once (the last two per architecture)."""
     recipes = {"probe": {"finetune.probe_steps": 4, "finetune.backbone_lr_scale": 1.0},
                "slow": ["finetune.backbone_lr_scale=0.0"]}
     path = study_file(tmp_path, toptag_files, seeds=[1], baselines=[], finetune__recipes=recipes,
-                      finetune__modes=["finetune", "frozen", "scratch"])
+                      finetune__modes=["finetune", "frozen", "scratch", "random"])
     out = tmp_path / "out"
     assert main(["study", "run", str(path), "--out", str(out)]) == 0
     result = json.loads((out / "results.json").read_text())
     runs = result["runs"]
     assert all(r["status"] == "ok" for r in runs), [r["reason"] for r in runs]
     assert sorted((r["mode"], r["recipe"]) for r in runs if r["n_labels"] == 20) == [
-        ("finetune", "probe"), ("finetune", "slow"), ("frozen", ""), ("scratch", "")]
+        ("finetune", "probe"), ("finetune", "slow"), ("frozen", ""), ("random", ""), ("scratch", "")]
+    random = [r for r in runs if r["mode"] == "random"]
+    assert all(r["objective"] == "none" and "/random-" in r["run_dir"] for r in random)
     for r in runs:
         protocol = yaml.safe_load((out / r["run_dir"] / "config.yaml").read_text())["protocol"]
         if r["recipe"] == "probe":

@@ -23,7 +23,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--n-labels", type=int, help="labeled jets to use (class-balanced, seeded); default all")
-    p.add_argument("--mode", default="finetune", choices=("finetune", "frozen", "scratch"))
+    p.add_argument("--mode", default="finetune", choices=("finetune", "frozen", "scratch", "random"),
+                   help="finetune | frozen (linear probe with --head linear) | scratch | random (the random "
+                        "initialisation, frozen: the probe's control)")
     p.add_argument("--preset", default="cpu-small")
     add_config_flags(p, "finetune")
     p.add_argument("--restart", action="store_true",

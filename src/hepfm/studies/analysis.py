@@ -23,7 +23,7 @@ PRETRAINED_MODES = ("finetune", "frozen")
 #: What identifies a cell: seeds of the same cell are averaged.
 CELL_KEY = ("task", "pretrain", "arch", "mode", "recipe", "head", "n_labels")
 #: Row order within a task and N: the baselines first, then the pretrained modes.
-_MODE_ORDER = {"bdt": 0, "scratch": 1, "finetune": 2, "frozen": 3}
+_MODE_ORDER = {"bdt": 0, "scratch": 1, "random": 2, "finetune": 3, "frozen": 4}
 _VERB = {"finetune": "finetuned", "frozen": "frozen"}
 
 

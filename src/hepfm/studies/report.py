@@ -112,8 +112,9 @@ def _line_label(c: dict[str, Any], many_archs: bool, many_heads: bool) -> str:
     """Legend name of a cell's curve over N: pretraining and mode, the baseline and its architecture."""
     if c["mode"] == "bdt":
         return "BDT (high-level features)"
-    label = f"scratch ({c['arch']})" if c["mode"] == "scratch" and many_archs else (
-        "scratch" if c["mode"] == "scratch" else f"{mode_label(c)} {c['pretrain']}")
+    baseline = {"scratch": "scratch", "random": "random init, frozen"}.get(c["mode"])
+    label = f"{baseline} ({c['arch']})" if baseline and many_archs else (
+        baseline or f"{mode_label(c)} {c['pretrain']}")
     return f"{label} [{c['head']}]" if many_heads else label
 
 
@@ -156,15 +157,17 @@ def _styles(cells: list[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
     """One colour per pretraining (shared by its modes), a line style per mode, grey baselines."""
     keys = sorted({_colour_key(c) for c in cells if c["mode"] in PRETRAINED_MODES})
     colour = pretraining_colours(keys)
-    scratch = sorted({c["arch"] for c in cells if c["mode"] == "scratch"})
+    scratch = sorted({c["arch"] for c in cells if c["mode"] in ("scratch", "random")})
     out: dict[tuple, dict[str, Any]] = {}
     for c in cells:
         key = _line_key(c)
         if c["mode"] == "bdt":
             out[key] = {"color": "0.45", "linestyle": "-.", "marker": "s"}
-        elif c["mode"] == "scratch":
+        elif c["mode"] in ("scratch", "random"):  # grey per architecture; random init dash-dotted
             grey = 0.1 + 0.5 * scratch.index(c["arch"]) / max(len(scratch), 1)
-            out[key] = {"color": f"{grey:.2f}", "linestyle": ":", "marker": "o"}
+            scratch_line = c["mode"] == "scratch"
+            out[key] = {"color": f"{grey:.2f}", "linestyle": ":" if scratch_line else (0, (3, 1, 1, 1)),
+                        "marker": "o" if scratch_line else "x"}
         else:
             out[key] = {"color": colour[_colour_key(c)],
                         "linestyle": "-" if c["mode"] == "finetune" else "--", "marker": "o"}

@@ -145,6 +145,11 @@ def pretrain_delta(spec: StudySpec, objective: str, size: int | str) -> dict[str
     return apply_overrides({}, [*items, *p.overrides])
 
 
+#: Downstream modes that depend on the architecture alone (no pretrained weights): one cell per
+#: architecture, shared by every pretraining of it.
+ARCHITECTURE_MODES = ("scratch", "random")
+
+
 def finetune_delta(spec: StudySpec, task: ConcreteTask, head: str, seed: int, recipe: str = ""
                    ) -> dict[str, Any]:
     extra = spec.finetune.recipes.get(recipe, []) if recipe else []
@@ -252,13 +257,13 @@ def plan(spec: StudySpec, out: Path) -> tuple[list[Cell], list[Cell]]:
                                     "arch": arch}))
                 for task, head, n, seed, mode, recipe in _grid(tasks, f.heads, spec.seeds, f.modes,
                                                                list(f.recipes)):
-                    scratch = mode == "scratch"
-                    if scratch:  # one scratch baseline per architecture, shared by its pretrainings
-                        if (task.name, arch, head, n, seed) in scratch_done:
+                    scratch = mode in ARCHITECTURE_MODES
+                    if scratch:  # one baseline per architecture, shared by its pretrainings
+                        if (task.name, arch, head, n, seed, mode) in scratch_done:
                             continue
-                        scratch_done.add((task.name, arch, head, n, seed))
+                        scratch_done.add((task.name, arch, head, n, seed, mode))
                     delta = finetune_delta(spec, task, head, seed, recipe)
-                    where = f"scratch-{arch}" if scratch else pkey
+                    where = f"{mode}-{arch}" if scratch else pkey
                     variant = f"{mode}-{recipe}" if recipe else mode
                     run = f"runs/{task.name}/{where}/{variant}-{head}/n{n}/seed{seed}"
                     inputs = {"config": merge(finetune_base, delta), "mode": mode, "n_labels": n,
@@ -484,7 +489,7 @@ def run_study(spec: StudySpec, out: str | Path, *, progress: bool = False, comma
                      if c.kind == "pretrain" and r["status"] == "ok"}
             runnable, skipped = [], []
             for c in phase2:
-                if c.args["mode"] == "scratch":  # any finished pretraining of its architecture will do
+                if c.args["mode"] in ARCHITECTURE_MODES:  # any finished pretraining of the arch will do
                     same = [p.dir for p in phase1 if p.dir in ready and p.row.get("arch") == c.row["arch"]]
                     c.args["pretrained"] = same[0] if same else c.args["pretrained"]
                 elif c.args["pretrained"] in ready:  # the others key on their pretraining's weights too

@@ -4,7 +4,9 @@ Modes:
   * ``finetune``: pretrained backbone + new head, both trained under the ``finetune`` section's protocol
     (backbone LR multiplier per pretraining objective, layer-wise decay, head-only probe steps first);
   * ``frozen``: pretrained backbone fixed, only the head trains (``--head linear`` = a linear probe);
-  * ``scratch``: the same architecture re-initialised (the fair baseline at the same N labels).
+  * ``scratch``: the same architecture re-initialised (the fair baseline at the same N labels);
+  * ``random``: the same architecture at its random initialisation, frozen, only the head trains: the
+    control a frozen probe must beat (random features with a linear probe can be strong).
 The N labeled jets are drawn reproducibly and class-balanced from the training files; model
 selection uses the validation files only. The result is a classifier run that ``hepfm evaluate``
 and ``hepfm.load`` understand.
@@ -39,7 +41,9 @@ from hepfm.workflows.data import open_data
 from hepfm.workflows.provenance import run_directory, write_run_header
 
 log = logging.getLogger(__name__)
-MODES = ("finetune", "frozen", "scratch")
+MODES = ("finetune", "frozen", "scratch", "random")
+#: Modes that start from the pretrained weights (the others re-initialise the architecture).
+PRETRAINED = ("finetune", "frozen")
 
 
 def resolve(preset: str, delta: dict[str, Any], bb_spec: dict[str, Any] | None = None
@@ -65,7 +69,7 @@ def resolve(preset: str, delta: dict[str, Any], bb_spec: dict[str, Any] | None =
 def protocol(ft: FinetuneConfig, mode: str, bb_spec: dict[str, Any]) -> dict[str, Any]:
     """The finetuning knobs a mode uses: all of them for ``finetune``, with the backbone multiplier of the
     objective the backbone was pretrained with; none for ``frozen`` (no backbone update) and ``scratch``
-    (nothing to keep: the same architecture re-initialised)."""
+    and ``random`` (nothing to keep: the same architecture re-initialised)."""
     if mode != "finetune":
         return {"backbone_lr_scale": 1.0, "layer_decay": 1.0, "probe_steps": 0}
     return {"backbone_lr_scale": ft.lr_scale_for(bb_spec.get("pretrained_with")),
@@ -98,8 +102,9 @@ def finetune(pretrained: str | Path | None, preset: str, delta: dict[str, Any], 
         spec = model_spec(mcfg, fs, class_names, data.max_particles) | {
             "finetune": {"mode": mode, "pretrained": str(bb_file), "n_labels": n_labels,
                          "per_class": per_class}}
-        objective = build_classifier(spec, freeze_backbone=mode == "frozen", **protocol(ft, mode, bb_spec))
-        if mode != "scratch":
+        objective = build_classifier(spec, freeze_backbone=mode in ("frozen", "random"),
+                                     **protocol(ft, mode, bb_spec))
+        if mode in PRETRAINED:
             ckpt.load_state_into(objective.backbone, bb_state, bb_file)
 
         resolved = {"pretrained": str(bb_file), "mode": mode, "n_labels": n_labels, "data": asdict(data),
