@@ -4,7 +4,7 @@
 * per-dimension standard deviation and the fraction of dead dimensions;
 * effective rank exp(H(sigma / sum sigma)) of the embedding matrix (Roy & Vetterli 2007): how many
   directions the embeddings really use;
-* k-NN and linear-probe accuracy on a held-out half (labels needed), the standard SSL probes;
+* k-NN and linear-probe accuracy and AUC on a held-out half (labels needed), the standard SSL probes;
 * a 2-D t-SNE (or UMAP, if installed) map coloured by class.
 """
 
@@ -37,8 +37,10 @@ def collapse_metrics(emb: np.ndarray) -> dict[str, float]:
             "dim": int(emb.shape[1]), "n_jets": int(n)}
 
 
-def probe_metrics(emb: np.ndarray, labels: np.ndarray, seed: int = 0) -> dict[str, float]:
-    """k-NN (k=10) and logistic-regression accuracy, trained on one half, scored on the other."""
+def probe_metrics(emb: np.ndarray, labels: np.ndarray, seed: int = 0, k: int = 10) -> dict[str, float]:
+    """k-NN and logistic-regression accuracy and AUC, fitted on one half (drawn with ``seed``) of the
+    standardised embeddings, scored on the other. Keys: ``knn_*`` and ``linear_probe_*``, each
+    ``_accuracy`` and ``_auc`` (see :func:`probe_auc`)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.neighbors import KNeighborsClassifier
     from sklearn.preprocessing import StandardScaler
@@ -48,12 +50,26 @@ def probe_metrics(emb: np.ndarray, labels: np.ndarray, seed: int = 0) -> dict[st
     tr, te = idx[: len(idx) // 2], idx[len(idx) // 2 :]
     scaler = StandardScaler().fit(emb[tr])
     a, b = scaler.transform(emb[tr]), scaler.transform(emb[te])
-    knn = KNeighborsClassifier(n_neighbors=min(10, len(tr))).fit(a, labels[tr])
-    lin = LogisticRegression(max_iter=2000).fit(a, labels[tr])
-    return {
-        "knn_accuracy": float(knn.score(b, labels[te])),
-        "linear_probe_accuracy": float(lin.score(b, labels[te])),
-    }
+    out: dict[str, float] = {}
+    for name, model in (("knn", KNeighborsClassifier(n_neighbors=min(k, len(tr)))),
+                        ("linear_probe", LogisticRegression(max_iter=2000))):
+        model.fit(a, labels[tr])
+        out[f"{name}_accuracy"] = float(model.score(b, labels[te]))
+        out[f"{name}_auc"] = probe_auc(model.predict_proba(b), labels[te], model.classes_)
+    return out
+
+
+def probe_auc(proba: np.ndarray, y: np.ndarray, classes: np.ndarray) -> float:
+    """Binary AUC of the second class, or the one-vs-rest macro AUC; NaN if a class is missing."""
+    from sklearn.metrics import roc_auc_score
+
+    if len(np.unique(y)) < 2 or len(classes) < 2:
+        return float("nan")
+    if len(classes) == 2:
+        return float(roc_auc_score(y == classes[1], proba[:, 1]))
+    if not np.isin(classes, y).all():
+        return float("nan")
+    return float(roc_auc_score(y, proba, multi_class="ovr", labels=classes))
 
 
 #: Fewest jets a 2-D map is drawn for (t-SNE's perplexity must stay below the number of points).

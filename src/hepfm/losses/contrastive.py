@@ -52,6 +52,19 @@ def uniformity(z: torch.Tensor, t: float = 2.0) -> torch.Tensor:
     return torch.logsumexp(-t * sq, dim=0) - math.log(sq.numel())
 
 
+def mean_pairwise_cosine(z: torch.Tensor) -> torch.Tensor:
+    """Mean cosine similarity over pairs of distinct rows (J-JEPA's collapse check; 1 = collapsed).
+
+    Shape: z (B, D) -> (). One row gives 1.
+    """
+    b = z.shape[0]
+    if b < 2:
+        return z.new_ones(())
+    zn = F.normalize(z.float(), dim=1)
+    gram = zn @ zn.T  # (B, B)
+    return (gram.sum() - gram.diagonal().sum()) / (b * (b - 1))
+
+
 def positive_similarity(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
     """Mean cosine similarity of the positive pairs. Shape: (B, D), (B, D) -> ()."""
     return F.cosine_similarity(z1.float(), z2.float(), dim=1).mean()

@@ -90,8 +90,9 @@ from torch import nn
 
 from hepfm.contracts import BackboneOutput, ParticleBatch
 from hepfm.errors import HepfmInputError
+from hepfm.losses.contrastive import mean_pairwise_cosine
 from hepfm.models.subjet_transformer import SubjetTransformer
-from hepfm.nn.backbone import Backbone, slice_batch, used_length
+from hepfm.nn.backbone import Backbone
 from hepfm.nn.blocks import NormFormerBlock
 from hepfm.nn.subjets import SUBJET_EMBEDDINGS, make_subjet_embedding
 from hepfm.objectives.base import Objective, ObjectiveOutput, jet_embedding
@@ -232,12 +233,9 @@ class SjTEncoder(nn.Module):
         The output is over *subjets*: tokens (B, S, D), mask (B, S) the subjets present in ``batch``,
         pooled the SjT's jet embedding. ``coords`` are the full jet's (the targets' frame).
         """
-        bb = self.backbone
-        bb.check_batch(batch)
-        if bb.trim and not torch.compiler.is_compiling():  # the context's freed slots sit at the end
-            length = used_length(batch.mask)
-            batch, index = slice_batch(batch, length), index[:, :length]
-        tokens, mask, pooled = bb.encode_subjets(batch, index, n_subjets, coords)
+        batch = self.backbone.trimmed(batch)  # the context's freed slots sit at the end
+        index = index[:, : batch.mask.shape[1]]
+        tokens, mask, pooled = self.backbone.encode_subjets(batch, index, n_subjets, coords)
         return BackboneOutput(tokens=tokens, mask=mask, pooled=pooled), tokens
 
 
@@ -284,19 +282,6 @@ class Predictor(nn.Module):
 
 
 # --- helpers --------------------------------------------------------------------------------------
-
-def mean_pairwise_cosine(z: torch.Tensor) -> torch.Tensor:
-    """Mean cosine similarity over pairs of distinct rows (the talk's collapse check; 1 = collapsed).
-
-    Shape: z (B, D) -> (). One row gives 1.
-    """
-    b = z.shape[0]
-    if b < 2:
-        return z.new_ones(())
-    zn = F.normalize(z.float(), dim=1)
-    gram = zn @ zn.T  # (B, B)
-    return (gram.sum() - gram.diagonal().sum()) / (b * (b - 1))
-
 
 def take_jets(batch: ParticleBatch, keep: torch.Tensor) -> ParticleBatch:
     """The jets of ``batch`` selected by ``keep`` ((B,) bool)."""
@@ -354,7 +339,7 @@ class JEPA(Objective):
                 return SjTEncoder(bb)
             return SubjetEncoder(bb, make_subjet_embedding(sel, dim, sub_dim))
 
-        if isinstance(backbone, SubjetTransformer):
+        if isinstance(backbone, SubjetTransformer):  # self.subjet_level, spelled so that mypy narrows
             check_sjt_options(opts, backbone)
         self.context = encoder(backbone)
         # the EMA copy of the encoder (backbone + SEL, or the SjT)

@@ -24,13 +24,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from torch import nn
 
 from hepfm.contracts import ParticleBatch
 from hepfm.data.features import FeatureSet
-from hepfm.evaluation.representation import effective_rank
+from hepfm.evaluation.representation import effective_rank, probe_metrics
 from hepfm.options import require
 
 #: Jets in J-JEPA's collapse check (mean pairwise cosine similarity of this many embeddings).
@@ -65,13 +64,11 @@ class EmbeddingProbe:
         self.every = every
         self.k = k
         self.seed = seed
-        idx = np.random.default_rng(seed).permutation(len(self.labels))
-        self.fit_idx, self.score_idx = idx[: len(idx) // 2], idx[len(idx) // 2 :]
         self.augment = Augmentation.from_config(AugmentConfig())
 
     @torch.no_grad()
     def __call__(self, backbone: nn.Module) -> dict[str, float]:
-        from hepfm.losses.contrastive import alignment, uniformity
+        from hepfm.losses.contrastive import alignment, mean_pairwise_cosine, uniformity
         from hepfm.objectives.base import jet_embedding
 
         was_training = backbone.training
@@ -85,17 +82,17 @@ class EmbeddingProbe:
                 z = jet_embedding(backbone(batch)).float()
                 z_view = jet_embedding(backbone(self._view(batch, gen))).float()
                 emb.append(z.cpu())
-                aligned.append(alignment(_unit(z), _unit(z_view)).cpu() * len(z))
+                aligned.append(alignment(z, z_view).cpu() * len(z))
         finally:
             backbone.train(was_training)
         all_emb = torch.cat(emb)
-        unit = _unit(all_emb)
-        metrics = self._probes(all_emb.numpy())
+        probes = probe_metrics(all_emb.numpy(), self.labels, self.seed, self.k)
+        metrics = {f"probe_{short}_{what}": probes[f"{name}_{what}"]
+                   for short, name in (("linear", "linear_probe"), ("knn", "knn"))
+                   for what in ("accuracy", "auc")}
         metrics["probe_alignment"] = float(torch.stack(aligned).sum()) / len(all_emb)
-        metrics["probe_uniformity"] = float(uniformity(unit[:1000]))
-        sample = unit[:COLLAPSE_JETS]
-        n = len(sample)
-        metrics["probe_mean_cosine"] = float(((sample @ sample.T).sum() - n) / max(n * (n - 1), 1))
+        metrics["probe_uniformity"] = float(uniformity(all_emb[:1000]))
+        metrics["probe_mean_cosine"] = float(mean_pairwise_cosine(all_emb[:COLLAPSE_JETS]))
         metrics["probe_effective_rank"] = effective_rank(all_emb.numpy())
         return metrics
 
@@ -105,38 +102,3 @@ class EmbeddingProbe:
         out = self.augment(batch.p4.float(), batch.mask, gen)
         x = compute_features(self.feature_set, out.p4, out.mask, source_x=batch.x, parent=out.parent)
         return ParticleBatch(x=x, mask=out.mask, p4=out.p4, jet=jet_vector(out.p4, out.mask))
-
-    def _probes(self, emb: np.ndarray) -> dict[str, float]:
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.neighbors import KNeighborsClassifier
-        from sklearn.preprocessing import StandardScaler
-
-        y = self.labels
-        fit, score = self.fit_idx, self.score_idx
-        scaler = StandardScaler().fit(emb[fit])
-        a, b = scaler.transform(emb[fit]), scaler.transform(emb[score])
-        out: dict[str, float] = {}
-        for name, model in (("linear", LogisticRegression(max_iter=1000)),
-                            ("knn", KNeighborsClassifier(n_neighbors=min(self.k, len(fit))))):
-            model.fit(a, y[fit])
-            out[f"probe_{name}_accuracy"] = float(model.score(b, y[score]))
-            out[f"probe_{name}_auc"] = _auc(model.predict_proba(b), y[score], model.classes_)
-        return out
-
-
-def _unit(z: torch.Tensor) -> torch.Tensor:
-    return z / z.norm(dim=1, keepdim=True).clamp(min=1e-12)
-
-
-def _auc(proba: np.ndarray, y: np.ndarray, classes: np.ndarray) -> float:
-    """Binary AUC of the second class, or the one-vs-rest macro AUC; NaN if a class is missing."""
-    from sklearn.metrics import roc_auc_score
-
-    if len(np.unique(y)) < 2 or len(classes) < 2:
-        return float("nan")
-    if len(classes) == 2:
-        return float(roc_auc_score(y == classes[1], proba[:, 1]))
-    present = np.isin(classes, y)
-    if not present.all():
-        return float("nan")
-    return float(roc_auc_score(y, proba, multi_class="ovr", labels=classes))
