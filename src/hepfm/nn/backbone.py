@@ -119,14 +119,22 @@ class Backbone(nn.Module):
             got = None if batch.p4 is None else tuple(batch.p4.shape)
             raise ValueError(f"{name} needs batch.p4 of shape {(*x.shape[:2], 4)}, got {got}")
 
-    def forward(self, batch: ParticleBatch) -> BackboneOutput:
-        """Shape: batch.x (B, N, F) -> tokens (B, N, D), mask (B, N), pooled (B, D') or None."""
+    def trimmed(self, batch: ParticleBatch) -> ParticleBatch:
+        """``batch`` checked and, with ``trim``, without the trailing padding slots no jet uses."""
         self.check_batch(batch)
-        n = batch.mask.shape[1]
         if self.trim and not torch.compiler.is_compiling():
             length = used_length(batch.mask)
-            if length < n:
-                out = self.encode(slice_batch(batch, length))
-                tokens = F.pad(out.tokens, (0, 0, 0, n - length))  # (B, N, D), zeros appended
-                return BackboneOutput(tokens=tokens, mask=batch.mask, pooled=out.pooled)
+            if length < batch.mask.shape[1]:
+                return slice_batch(batch, length)
+        return batch
+
+    def forward(self, batch: ParticleBatch) -> BackboneOutput:
+        """Shape: batch.x (B, N, F) -> tokens (B, N, D), mask (B, N), pooled (B, D') or None."""
+        n = batch.mask.shape[1]
+        short = self.trimmed(batch)
+        length = short.mask.shape[1]
+        if length < n:
+            out = self.encode(short)
+            tokens = F.pad(out.tokens, (0, 0, 0, n - length))  # (B, N, D), zeros appended
+            return BackboneOutput(tokens=tokens, mask=batch.mask, pooled=out.pooled)
         return self.encode(batch)

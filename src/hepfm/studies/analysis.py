@@ -20,6 +20,9 @@ METRICS = ("accuracy", "auc", "rej50", "rej30")
 QUANTITIES = (*METRICS, "steps_to_1pct", "epochs_to_1pct", "seconds")
 #: Modes that start from a pretrained backbone (the ones compared with scratch).
 PRETRAINED_MODES = ("finetune", "frozen")
+#: Baseline modes that depend on the architecture alone (no pretrained weights): a study runs them once
+#: per architecture, shared by every pretraining of it.
+ARCHITECTURE_MODES = ("scratch", "random")
 #: What identifies a cell: seeds of the same cell are averaged.
 CELL_KEY = ("task", "pretrain", "arch", "mode", "recipe", "head", "n_labels")
 #: Row order within a task and N: the baselines first, then the pretrained modes.

@@ -36,6 +36,7 @@ import numpy as np
 from hepfm.evaluation.plots import pyplot, save_figure
 from hepfm.io import atomic_path
 from hepfm.studies.analysis import (
+    ARCHITECTURE_MODES,
     METRICS,
     PRETRAINED_MODES,
     aggregate,
@@ -157,13 +158,13 @@ def _styles(cells: list[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
     """One colour per pretraining (shared by its modes), a line style per mode, grey baselines."""
     keys = sorted({_colour_key(c) for c in cells if c["mode"] in PRETRAINED_MODES})
     colour = pretraining_colours(keys)
-    scratch = sorted({c["arch"] for c in cells if c["mode"] in ("scratch", "random")})
+    scratch = sorted({c["arch"] for c in cells if c["mode"] in ARCHITECTURE_MODES})
     out: dict[tuple, dict[str, Any]] = {}
     for c in cells:
         key = _line_key(c)
         if c["mode"] == "bdt":
             out[key] = {"color": "0.45", "linestyle": "-.", "marker": "s"}
-        elif c["mode"] in ("scratch", "random"):  # grey per architecture; random init dash-dotted
+        elif c["mode"] in ARCHITECTURE_MODES:  # grey per architecture; random init dash-dotted
             grey = 0.1 + 0.5 * scratch.index(c["arch"]) / max(len(scratch), 1)
             scratch_line = c["mode"] == "scratch"
             out[key] = {"color": f"{grey:.2f}", "linestyle": ":" if scratch_line else (0, (3, 1, 1, 1)),

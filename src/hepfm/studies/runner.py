@@ -44,6 +44,7 @@ from hepfm.io import (
     output_lock,
     write_json_atomic,
 )
+from hepfm.studies.analysis import ARCHITECTURE_MODES
 from hepfm.studies.spec import StudySpec, check_presets
 from hepfm.training.config import apply_overrides
 
@@ -145,11 +146,6 @@ def pretrain_delta(spec: StudySpec, objective: str, size: int | str) -> dict[str
     return apply_overrides({}, [*items, *p.overrides])
 
 
-#: Downstream modes that depend on the architecture alone (no pretrained weights): one cell per
-#: architecture, shared by every pretraining of it.
-ARCHITECTURE_MODES = ("scratch", "random")
-
-
 def finetune_delta(spec: StudySpec, task: ConcreteTask, head: str, seed: int, recipe: str = ""
                    ) -> dict[str, Any]:
     extra = spec.finetune.recipes.get(recipe, []) if recipe else []
@@ -234,7 +230,7 @@ def plan(spec: StudySpec, out: Path) -> tuple[list[Cell], list[Cell]]:
     ids = {t.name: {k: identities(getattr(t, k)) for k in ("train", "val", "test")} for t in tasks}
     phase1: list[Cell] = []
     phase2: list[Cell] = []
-    scratch_done: set[tuple] = set()
+    per_arch_done: set[tuple] = set()
     if f.modes:
         pretrain_files = identities(p.data) + identities(p.val)
         finetune_base = load_preset("finetune", f.preset)
@@ -257,25 +253,25 @@ def plan(spec: StudySpec, out: Path) -> tuple[list[Cell], list[Cell]]:
                                     "arch": arch}))
                 for task, head, n, seed, mode, recipe in _grid(tasks, f.heads, spec.seeds, f.modes,
                                                                list(f.recipes)):
-                    scratch = mode in ARCHITECTURE_MODES
-                    if scratch:  # one baseline per architecture, shared by its pretrainings
-                        if (task.name, arch, head, n, seed, mode) in scratch_done:
+                    per_arch = mode in ARCHITECTURE_MODES
+                    if per_arch:  # one baseline per architecture, shared by its pretrainings
+                        if (task.name, arch, head, n, seed, mode) in per_arch_done:
                             continue
-                        scratch_done.add((task.name, arch, head, n, seed, mode))
+                        per_arch_done.add((task.name, arch, head, n, seed, mode))
                     delta = finetune_delta(spec, task, head, seed, recipe)
-                    where = f"{mode}-{arch}" if scratch else pkey
+                    where = f"{mode}-{arch}" if per_arch else pkey
                     variant = f"{mode}-{recipe}" if recipe else mode
                     run = f"runs/{task.name}/{where}/{variant}-{head}/n{n}/seed{seed}"
                     inputs = {"config": merge(finetune_base, delta), "mode": mode, "n_labels": n,
                               "data": {"train": ids[task.name]["train"], "val": ids[task.name]["val"]},
-                              # scratch depends on the architecture only; the others on the pretraining
-                              "backbone": signature if scratch else phase1[-1].key}
+                              # the baselines depend on the architecture only; the others on the pretraining
+                              "backbone": signature if per_arch else phase1[-1].key}
                     phase2.append(Cell(
                         "downstream", run, cell_key(inputs),
                         {"pretrained": pdir, "preset": f.preset, "delta": delta, "mode": mode, "n_labels": n,
                          "test": task.test, "test_ids": ids[task.name]["test"]},
-                        {"task": task.name, "objective": "none" if scratch else objective,
-                         "pretrain": "" if scratch else pkey, "pretrain_size": None if scratch else size,
+                        {"task": task.name, "objective": "none" if per_arch else objective,
+                         "pretrain": "" if per_arch else pkey, "pretrain_size": None if per_arch else size,
                          "arch": arch, "mode": mode, "recipe": recipe, "head": head, "n_labels": n,
                          "seed": seed, "signal_fraction": task.signal_fraction}))
     if "bdt" in spec.baselines:

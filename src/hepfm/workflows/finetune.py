@@ -102,14 +102,13 @@ def finetune(pretrained: str | Path | None, preset: str, delta: dict[str, Any], 
         spec = model_spec(mcfg, fs, class_names, data.max_particles) | {
             "finetune": {"mode": mode, "pretrained": str(bb_file), "n_labels": n_labels,
                          "per_class": per_class}}
-        objective = build_classifier(spec, freeze_backbone=mode in ("frozen", "random"),
-                                     **protocol(ft, mode, bb_spec))
+        knobs = protocol(ft, mode, bb_spec)
+        objective = build_classifier(spec, freeze_backbone=mode in ("frozen", "random"), **knobs)
         if mode in PRETRAINED:
             ckpt.load_state_into(objective.backbone, bb_state, bb_file)
 
         resolved = {"pretrained": str(bb_file), "mode": mode, "n_labels": n_labels, "data": asdict(data),
-                    "head": asdict(head), "finetune": asdict(ft), "protocol": protocol(ft, mode, bb_spec),
-                    "train": tcfg.to_dict()}
+                    "head": asdict(head), "finetune": asdict(ft), "protocol": knobs, "train": tcfg.to_dict()}
         write_run_header(out, resolved, preset, d.train_sources, d.val_sources, pretrained_spec=bb_spec,
                          per_class=per_class)
         res = Trainer(objective, tcfg, out, spec, validation_metrics(class_names)).fit(

@@ -28,7 +28,7 @@ from hepfm.training import checkpoint as ckpt
 from hepfm.training.config import TrainConfig
 from hepfm.training.engine import Trainer, seed_everything
 from hepfm.training.monitor import EmbeddingProbe, ProbeConfig
-from hepfm.workflows.data import evaluation_loader, open_data, open_inputs
+from hepfm.workflows.data import class_names, evaluation_loader, open_data, open_inputs
 from hepfm.workflows.provenance import resuming, run_directory, write_run_header
 
 log = logging.getLogger(__name__)
@@ -53,14 +53,12 @@ def open_probe(probe: ProbeConfig, fs: FeatureSet, max_particles: int, tcfg: Tra
     if not probe.data:
         return None
     sources = open_inputs(probe.data, fs, max_particles)
-    for s in sources:
-        if not s.has_labels:
-            raise HepfmInputError("--probe-data needs labeled jets, but the file has none", s.path)
-        if tuple(s.class_names) != tuple(sources[0].class_names):
-            raise HepfmInputError(f"--probe-data files have different classes: {list(s.class_names)} here, "
-                                  f"{list(sources[0].class_names)} in the first", s.path)
-    if train_classes is not None and tuple(sources[0].class_names) != tuple(train_classes):
-        raise HepfmInputError(f"--probe-data classes {list(sources[0].class_names)} differ from the training "
+    unlabeled = next((s for s in sources if not s.has_labels), None)
+    if unlabeled is not None:
+        raise HepfmInputError("--probe-data needs labeled jets, but the file has none", unlabeled.path)
+    names = class_names(sources, "--probe-data")  # the files agree, or the odd one is named
+    if train_classes is not None and names != tuple(train_classes):
+        raise HepfmInputError(f"--probe-data classes {list(names)} differ from the training "
                               f"classes {list(train_classes)}", sources[0].path)
     loader, _ = evaluation_loader(probe.data, fs, max_particles, n_jets=probe.n_jets)
     with torch.random.fork_rng(devices=[]):  # iterating a DataLoader draws a seed: keep the run's own stream
