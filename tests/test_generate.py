@@ -21,7 +21,7 @@ from hepfm.data.jets import JETCLASS_CLASSES
 from hepfm.generation.job import GenerationJob, _part_path, _prepare_parts_dir, _run_and_save, run_job
 from hepfm.generation.processes import DATASETS, higgs_ww_one_leptonic_one_hadronic
 from hepfm.generation.truth import match_resonance
-from hepfm.generation.worker import ShardTask, pid_flags, run_shard
+from hepfm.generation.worker import ShardTask, masked_pid_flags, run_shard
 
 pytestmark = pytest.mark.gen
 
@@ -105,7 +105,7 @@ def test_pid_flags_from_pdg_ids():
     pid = np.array([[211, -11, 13, 22, 130, 2212, 0]])
     charge = np.array([[1, 1, -1, 0, 0, 1, 0]], float)
     mask = np.array([[1, 1, 1, 1, 1, 1, 0]], bool)
-    f = pid_flags(pid, charge, mask)
+    f = masked_pid_flags(pid, charge, mask)
     assert f["isChargedHadron"].tolist() == [[1, 0, 0, 0, 0, 1, 0]]
     assert f["isElectron"].tolist() == [[0, 1, 0, 0, 0, 0, 0]]
     assert f["isMuon"].tolist() == [[0, 0, 1, 0, 0, 0, 0]]

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from hepfm.data.formats import expand_patterns, open_source, write_jets
+from hepfm.data.formats.base import read_selected
 from hepfm.data.jets import JetChunk
 from hepfm.errors import HepfmInputError
 from hepfm.io import check_output_file, output_lock
@@ -84,6 +85,9 @@ def _convert(paths: list[Path], out: Path, format: str, max_jets: int | None, ch
                 left -= len(chunk)
                 yield chunk
 
+    options = {}
+    if format == "hepfm":  # fixed slots per file: the longest jet of all inputs
+        options["max_particles"] = _longest_jet(sources, total, chunk_jets)
     metadata = {
         "converted_from": [
             {"path": str(s.path), "format": s.format, "n_jets": len(s),
@@ -91,5 +95,25 @@ def _convert(paths: list[Path], out: Path, format: str, max_jets: int | None, ch
             for s in sources
         ]
     }
-    n = write_jets(out, chunks(), format, metadata)
+    n = write_jets(out, chunks(), format, metadata, **options)
     return {"out": str(out), "format": format, "n_jets": n, "inputs": [str(p) for p in paths]}
+
+
+def _longest_jet(sources: list, total: int, chunk_jets: int) -> int:
+    """The most particles a jet among the first ``total`` of ``sources`` has: a file's fixed slot
+    count where it has one, else a pass over the momenta (readers of jagged layouts size each read
+    to its own longest jet, so the first chunk does not tell)."""
+    longest, left = 0, total
+    for src in sources:
+        fixed = getattr(src, "file_max_particles", None)
+        if fixed is not None:
+            longest = max(longest, int(fixed))
+            left -= len(src)
+            continue
+        for start in range(0, len(src), chunk_jets):
+            if left <= 0:
+                break
+            chunk = read_selected(src, start, min(len(src), start + chunk_jets, start + left), (), ())
+            left -= len(chunk)
+            longest = max(longest, int(chunk.n_particles.max(initial=0)))
+    return max(longest, 1)

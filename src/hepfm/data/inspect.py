@@ -25,6 +25,8 @@ CHUNK_SIZE = 10_000
 #: Per-class number of jet pT / mass values kept exactly; beyond it a uniform sample of this size.
 SAMPLE_CAP = 1_000_000
 QUANTILES = (0.1, 0.5, 0.9)
+#: Above this many classes the text lists the most frequent ones and the mass of all jets only.
+MANY_CLASSES = 12
 
 
 class _Sample:
@@ -189,7 +191,8 @@ def inspect_files(
         (per reason), ``labeled, class_names, class_counts``, ``max_particles`` (slots in the
         file, if fixed), ``constituents`` (mean, min, q10, q50, q90, max), ``jet_pt`` (q10, q50,
         q90), ``jet_mass`` (per class and ``all``: q10, q50, q90), ``quantiles_exact`` and
-        ``metadata`` (what the writer recorded; hepfm files and files written by hepfm).
+        ``metadata`` (what the writer recorded; hepfm files and files written by hepfm), ``detected``
+        (the layout the reader recognised) and ``fields`` (what it reads from which file field).
 
     Raises:
         HepfmInputError: a missing/unreadable file, an unknown layout, or (without ``skip_bad``) a
@@ -227,6 +230,8 @@ def inspect_files(
             "labeled": bool(source.has_labels),
             "class_names": list(source.class_names),
             "max_particles": getattr(source, "file_max_particles", None),
+            "detected": getattr(source, "detected", ""),
+            "fields": dict(getattr(source, "field_map", {}) or {}),
         }
         entry.update(stats.summary())
         if source.has_labels:
@@ -258,6 +263,10 @@ def _render_block(title: str, s: dict[str, Any], lines: list[str]) -> None:
     row = "  {:<18}{}"
     if "format" in s:
         lines.append(row.format("format", s["format"]))
+        if s.get("detected"):
+            lines.append(row.format("detected", s["detected"]))
+        for i, (name, src) in enumerate((s.get("fields") or {}).items()):
+            lines.append(row.format("reads" if i == 0 else "", f"{name:<16} <- {src}"))
     else:
         lines.append(row.format("formats", ", ".join(f"{k} x{v}" for k, v in s["formats"].items()) or "-"))
     lines.append(
@@ -269,8 +278,15 @@ def _render_block(title: str, s: dict[str, Any], lines: list[str]) -> None:
     if s.get("max_particles"):
         lines.append(row.format("particle slots", f"{s['max_particles']}"))
     if s["labeled"] and s["class_counts"]:
-        counts = "  ".join(f"{k} {v:,}" for k, v in s["class_counts"].items())
-        lines.append(row.format("labeled", f"yes: {counts}"))
+        items = list(s["class_counts"].items())
+        note = ""
+        if len(items) > MANY_CLASSES:  # e.g. JetClass-II's 188: the most frequent ones
+            present = sorted((kv for kv in items if kv[1]), key=lambda kv: -kv[1])
+            if len(present) > MANY_CLASSES:
+                note = f"  ... ({len(present)} of {len(items)} classes present)"
+            items = present[:MANY_CLASSES]
+        counts = "  ".join(f"{k} {v:,}" for k, v in items)
+        lines.append(row.format("labeled", f"yes: {counts}{note}"))
     else:
         lines.append(row.format("labeled", "no"))
     c = s["constituents"]
@@ -289,7 +305,10 @@ def _render_block(title: str, s: dict[str, Any], lines: list[str]) -> None:
         )
     if s["jet_mass"]:
         lines.append(row.format("jet mass [GeV]", f"{'class':<8}{'q10':>9}{'q50':>9}{'q90':>9}"))
-        for cls, q in s["jet_mass"].items():
+        masses = s["jet_mass"]
+        if len(masses) > MANY_CLASSES + 1:
+            masses = {"all": masses["all"]}
+        for cls, q in masses.items():
             if q:
                 lines.append(row.format("", f"{cls:<8}{q['q10']:>9.1f}{q['q50']:>9.1f}{q['q90']:>9.1f}"))
     if not s["quantiles_exact"]:

@@ -30,6 +30,38 @@ PID_FLAGS = ("isChargedHadron", "isNeutralHadron", "isPhoton", "isElectron", "is
 #: The ten JetClass classes, in the order of the ``label_*`` branches of the official files.
 JETCLASS_CLASSES = ("QCD", "Hbb", "Hcc", "Hgg", "H4q", "Hqql", "Zqq", "Wqq", "Tbqq", "Tbl")
 TOPTAG_CLASSES = ("QCD", "Top")
+#: JetClass-II's 188 classes, indexed by its integer ``jet_label`` (the class list of the dataset's
+#: own notebook, jet-universe/sophon ``notebooks/Interacting_with_JetClassII_and_Sophon.ipynb``, without
+#: the ``label_`` prefix): 0-14 two-prong resonances X -> ab, 15-160 X -> YY -> (3-4 prongs,
+#: leptons, taus), 161-187 QCD jets by the heavy-flavour partons they hold.
+JETCLASS2_CLASSES = (
+    "X_bb", "X_cc", "X_ss", "X_qq", "X_bc", "X_cs", "X_bq", "X_cq", "X_sq", "X_gg", "X_ee", "X_mm",
+    "X_tauhtaue", "X_tauhtaum", "X_tauhtauh", "X_YY_bbbb", "X_YY_bbcc", "X_YY_bbss", "X_YY_bbqq",
+    "X_YY_bbgg", "X_YY_bbee", "X_YY_bbmm", "X_YY_bbtauhtaue", "X_YY_bbtauhtaum", "X_YY_bbtauhtauh",
+    "X_YY_bbb", "X_YY_bbc", "X_YY_bbs", "X_YY_bbq", "X_YY_bbg", "X_YY_bbe", "X_YY_bbm", "X_YY_cccc",
+    "X_YY_ccss", "X_YY_ccqq", "X_YY_ccgg", "X_YY_ccee", "X_YY_ccmm", "X_YY_cctauhtaue", "X_YY_cctauhtaum",
+    "X_YY_cctauhtauh", "X_YY_ccb", "X_YY_ccc", "X_YY_ccs", "X_YY_ccq", "X_YY_ccg", "X_YY_cce", "X_YY_ccm",
+    "X_YY_ssss", "X_YY_ssqq", "X_YY_ssgg", "X_YY_ssee", "X_YY_ssmm", "X_YY_sstauhtaue", "X_YY_sstauhtaum",
+    "X_YY_sstauhtauh", "X_YY_ssb", "X_YY_ssc", "X_YY_sss", "X_YY_ssq", "X_YY_ssg", "X_YY_sse", "X_YY_ssm",
+    "X_YY_qqqq", "X_YY_qqgg", "X_YY_qqee", "X_YY_qqmm", "X_YY_qqtauhtaue", "X_YY_qqtauhtaum",
+    "X_YY_qqtauhtauh", "X_YY_qqb", "X_YY_qqc", "X_YY_qqs", "X_YY_qqq", "X_YY_qqg", "X_YY_qqe", "X_YY_qqm",
+    "X_YY_gggg", "X_YY_ggee", "X_YY_ggmm", "X_YY_ggtauhtaue", "X_YY_ggtauhtaum", "X_YY_ggtauhtauh",
+    "X_YY_ggb", "X_YY_ggc", "X_YY_ggs", "X_YY_ggq", "X_YY_ggg", "X_YY_gge", "X_YY_ggm", "X_YY_bee",
+    "X_YY_cee", "X_YY_see", "X_YY_qee", "X_YY_gee", "X_YY_bmm", "X_YY_cmm", "X_YY_smm", "X_YY_qmm",
+    "X_YY_gmm", "X_YY_btauhtaue", "X_YY_ctauhtaue", "X_YY_stauhtaue", "X_YY_qtauhtaue", "X_YY_gtauhtaue",
+    "X_YY_btauhtaum", "X_YY_ctauhtaum", "X_YY_stauhtaum", "X_YY_qtauhtaum", "X_YY_gtauhtaum",
+    "X_YY_btauhtauh", "X_YY_ctauhtauh", "X_YY_stauhtauh", "X_YY_qtauhtauh", "X_YY_gtauhtauh", "X_YY_qqqb",
+    "X_YY_qqqc", "X_YY_qqqs", "X_YY_bbcq", "X_YY_ccbs", "X_YY_ccbq", "X_YY_ccsq", "X_YY_sscq", "X_YY_qqbc",
+    "X_YY_qqbs", "X_YY_qqcs", "X_YY_bcsq", "X_YY_bcs", "X_YY_bcq", "X_YY_bsq", "X_YY_csq", "X_YY_bcev",
+    "X_YY_csev", "X_YY_bqev", "X_YY_cqev", "X_YY_sqev", "X_YY_qqev", "X_YY_bcmv", "X_YY_csmv", "X_YY_bqmv",
+    "X_YY_cqmv", "X_YY_sqmv", "X_YY_qqmv", "X_YY_bctauev", "X_YY_cstauev", "X_YY_bqtauev", "X_YY_cqtauev",
+    "X_YY_sqtauev", "X_YY_qqtauev", "X_YY_bctaumv", "X_YY_cstaumv", "X_YY_bqtaumv", "X_YY_cqtaumv",
+    "X_YY_sqtaumv", "X_YY_qqtaumv", "X_YY_bctauhv", "X_YY_cstauhv", "X_YY_bqtauhv", "X_YY_cqtauhv",
+    "X_YY_sqtauhv", "X_YY_qqtauhv", "QCD_bbccss", "QCD_bbccs", "QCD_bbcc", "QCD_bbcss", "QCD_bbcs",
+    "QCD_bbc", "QCD_bbss", "QCD_bbs", "QCD_bb", "QCD_bccss", "QCD_bccs", "QCD_bcc", "QCD_bcss", "QCD_bcs",
+    "QCD_bc", "QCD_bss", "QCD_bs", "QCD_b", "QCD_ccss", "QCD_ccs", "QCD_cc", "QCD_css", "QCD_cs", "QCD_c",
+    "QCD_ss", "QCD_s", "QCD_light",
+)
 
 #: ``JetChunk.jets`` key of the (n, 4) float64 four-vector sum of *all* a jet's constituents, set
 #: when a particle cap (a reader's or :meth:`JetChunk.truncate`'s) drops particles of the chunk. Jet-relative
@@ -156,6 +188,26 @@ class JetChunk:
             particles={k: np.concatenate([pad(c.particles[k]) for c in chunks]) for k in sorted(pkeys)},
             jets={k: np.concatenate([c.jets[k] for c in chunks]) for k in sorted(jkeys)},
         )
+
+
+def pid_flags(pid: np.ndarray, charge: np.ndarray) -> dict[str, np.ndarray]:
+    """JetClass's five particle-ID flags (bool) from PDG ids and charges.
+
+    Electrons and muons are not hadrons; CMS particle flow's forward-calorimeter candidates count as
+    their kind (pdgId 1: a hadron, neutral; pdgId 2: electromagnetic, flagged as a photon).
+    """
+    apid = np.abs(pid)
+    electron = apid == 11
+    muon = apid == 13
+    photon = (apid == 22) | (apid == 2)
+    lepton = electron | muon
+    return {
+        "isChargedHadron": (charge != 0) & ~lepton,
+        "isNeutralHadron": (charge == 0) & ~photon & ~lepton,
+        "isPhoton": photon,
+        "isElectron": electron,
+        "isMuon": muon,
+    }
 
 
 def pt_eta_phi(p4: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

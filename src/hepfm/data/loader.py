@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_
 from hepfm.contracts import ParticleBatch
 from hepfm.data.features import FeatureSet, get_feature_set
 from hepfm.data.formats.base import JetSource, accepts_fields, read_selected
+from hepfm.data.formats.flat import rows_view
 from hepfm.data.jets import JetChunk
 from hepfm.errors import HepfmInputError
 
@@ -110,11 +111,6 @@ def _ragged_index(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return np.repeat(starts, counts) + within
 
 
-def _void_rows(a: np.ndarray) -> np.ndarray:
-    """View a C-contiguous (M, K) array as (M,) opaque rows: gathers/scatters move one item per row."""
-    return a.view(np.dtype((np.void, a.shape[1] * a.itemsize))).reshape(a.shape[0])
-
-
 def _gather(
     blocks: Sequence[_Block], cum: np.ndarray, ids: np.ndarray, length: int | None, labelled: bool
 ) -> ParticleBatch:
@@ -155,12 +151,12 @@ def _gather(
     f = blocks[0].x.shape[1]
     x = np.zeros((n * size, f), dtype=np.float32)  # (B*N, F), reshaped below
     p4 = np.zeros((n * size, 4), dtype=np.float32)
-    vx, vp = _void_rows(x), _void_rows(p4)
+    vx, vp = rows_view(x), rows_view(p4)
     for k in used:
         b, lo, hi = blocks[k], pb[k], pb[k + 1]
         d, s = dst[lo:hi], src[lo:hi]
-        vx[d] = np.take(_void_rows(b.x), s)
-        vp[d] = np.take(_void_rows(b.p4), s)
+        vx[d] = np.take(rows_view(b.x), s)
+        vp[d] = np.take(rows_view(b.p4), s)
     counts = np.empty(n, dtype=np.int64)
     counts[order] = c
     mask = np.arange(size)[None, :] < counts[:, None]  # real particles are a prefix of the slots

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hepfm.data.jets import JetChunk
+from hepfm.data.jets import JetChunk, pid_flags
 from hepfm.errors import HepfmInputError
 from hepfm.generation.detector import DETECTORS, apply_detector, impact_parameters
 from hepfm.generation.pileup import DEFAULT_LIBRARY, PileupOverlay, pileup_pthat_min, reach_rapidity
@@ -291,7 +291,7 @@ class ShardGenerator:
                 fields[k][i, :m] = jet[k]
             if jet["truth"] is not None:
                 truth[i] = jet["truth"]
-        particles = dict(fields, pid=pid, **pid_flags(pid, fields["charge"], mask))
+        particles = dict(fields, pid=pid, **masked_pid_flags(pid, fields["charge"], mask))
         sub = substructure(p4, mask, self.spec.radius) if n and self.spec.substructure else {}
         return JetChunk(
             p4=p4,
@@ -315,19 +315,9 @@ class ShardGenerator:
         return {"pileup_pt_fraction": np.array([j["pileup_pt_fraction"] for j in jets], np.float32)}
 
 
-def pid_flags(pid: np.ndarray, charge: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
-    """JetClass's five particle-ID flags from PDG ids (electrons and muons are not hadrons)."""
-    apid = np.abs(pid)
-    lepton = (apid == 11) | (apid == 13)
-    photon = apid == 22
-    flags = {
-        "isChargedHadron": mask & (charge != 0) & ~lepton,
-        "isNeutralHadron": mask & (charge == 0) & ~photon & ~lepton,
-        "isPhoton": mask & photon,
-        "isElectron": mask & (apid == 11),
-        "isMuon": mask & (apid == 13),
-    }
-    return {k: v.astype(np.float32) for k, v in flags.items()}
+def masked_pid_flags(pid: np.ndarray, charge: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+    """:func:`~hepfm.data.jets.pid_flags` as float32, zero in empty slots (the generator's layout)."""
+    return {k: (mask & v).astype(np.float32) for k, v in pid_flags(pid, charge).items()}
 
 
 def run_shard(task: ShardTask) -> tuple[JetChunk, dict]:

@@ -12,10 +12,17 @@ Formats (registry names):
     branches.
 ``jetclass-parquet``
     The same columns in a Parquet file (jagged ``part_*`` list columns), read with pyarrow.
+``aspen-h5``
+    Aspen Open Jets (CMS open-data AK8 jets): HDF5 with ``PFCands`` (n, 150, 11) and ``jet_kinematics``.
+``nanoaod``
+    Jets with their PF constituents from CMS NanoAOD / PFNano (an ``Events`` TTree or RNTuple with
+    ``PFCands_*``/``PFCand_*`` and the jet-to-candidate index maps); ``FILE:Jet`` or
+    ``FILE:FatJet`` picks the collection.
 
 The format of a file is decided from its content, never from its extension: HDF5, ROOT and Parquet
 by their magic bytes, then by structure (hepfm attributes, a pandas ``table`` key, a TTree or RNTuple
-``tree`` with ``part_*`` branches, ``part_*`` Parquet columns).
+``tree`` with ``part_*`` branches, an ``Events`` tree with PF-candidate index maps, ``part_*`` Parquet
+columns).
 """
 
 from __future__ import annotations
@@ -27,10 +34,12 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from hepfm.data.formats.aspen_h5 import AspenH5Source
 from hepfm.data.formats.base import ArraySource, JetSource
 from hepfm.data.formats.hepfm_h5 import HepfmH5Source, HepfmH5Writer, write_hepfm
 from hepfm.data.formats.jetclass_parquet import JetClassParquetSource, write_jetclass_parquet
 from hepfm.data.formats.jetclass_root import JetClassRootSource, write_jetclass
+from hepfm.data.formats.nanoaod import NanoAODJetSource, split_selector
 from hepfm.data.formats.toptag_h5 import TopTagH5Source, write_toptag
 from hepfm.data.jets import JetChunk
 from hepfm.data.validate import ROOT_ERRORS, one_line, read_errors
@@ -41,11 +50,13 @@ __all__ = [
     "FORMATS",
     "WRITERS",
     "ArraySource",
+    "AspenH5Source",
     "HepfmH5Source",
     "HepfmH5Writer",
     "JetClassParquetSource",
     "JetClassRootSource",
     "JetSource",
+    "NanoAODJetSource",
     "TopTagH5Source",
     "detect_format",
     "expand_patterns",
@@ -60,6 +71,8 @@ FORMATS.add("hepfm", HepfmH5Source)
 FORMATS.add("toptag-h5", TopTagH5Source)
 FORMATS.add("jetclass-root", JetClassRootSource)
 FORMATS.add("jetclass-parquet", JetClassParquetSource)
+FORMATS.add("nanoaod", NanoAODJetSource)
+FORMATS.add("aspen-h5", AspenH5Source)
 
 #: Format name -> writer ``fn(path, chunks, metadata, **options) -> jets written``.
 WRITERS: Registry[Callable[..., int]] = Registry("output format")
@@ -71,7 +84,8 @@ WRITERS.add("jetclass-parquet", write_jetclass_parquet)
 #: Write errors that mean "no room": disk full, quota, file-size limit.
 _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 #: The container each built-in format lives in.
-_CONTAINERS = {"hepfm": "hdf5", "toptag-h5": "hdf5", "jetclass-root": "root", "jetclass-parquet": "parquet"}
+_CONTAINERS = {"hepfm": "hdf5", "toptag-h5": "hdf5", "jetclass-root": "root", "jetclass-parquet": "parquet",
+               "nanoaod": "root", "aspen-h5": "hdf5"}
 _ARTICLE = {"hdf5": "an HDF5", "root": "a ROOT", "parquet": "a Parquet"}
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 ROOT_MAGIC = b"root"
@@ -124,6 +138,7 @@ def detect_format(path: str | Path) -> str:
     if kind == "hdf5":
         import h5py
 
+        from hepfm.data.formats.aspen_h5 import is_aspen_file
         from hepfm.data.formats.hepfm_h5 import is_hepfm_file
         from hepfm.data.formats.toptag_h5 import is_pandas_table
 
@@ -132,10 +147,12 @@ def detect_format(path: str | Path) -> str:
                 return "hepfm"
             if is_pandas_table(f):
                 return "toptag-h5"
+            if is_aspen_file(f):
+                return "aspen-h5"
             keys = sorted(f.keys())
         raise HepfmInputError(
-            "HDF5 file with no known jet layout (expected hepfm attributes or a pandas 'table' key as in "
-            f"the Top Tagging dataset); top-level keys: {keys[:10]}",
+            "HDF5 file with no known jet layout (expected hepfm attributes, a pandas 'table' key as in "
+            f"the Top Tagging dataset, or Aspen Open Jets' PFCands); top-level keys: {keys[:10]}",
             path,
         )
     if kind == "parquet":
@@ -150,16 +167,27 @@ def detect_format(path: str | Path) -> str:
     import uproot
 
     from hepfm.data.formats.jetclass_root import TREE, describe_root_keys, find_tree
+    from hepfm.data.formats.nanoaod import EVENTS, constituent_maps, describe_nanoaod, find_events, flat_names
 
     with read_errors(path, "opening the ROOT file", ROOT_ERRORS), uproot.open(path) as f:
         tree = find_tree(f)
         # tree.keys(), not tree: iterating an uproot tree yields branches, not names
         if tree is not None and any(k.startswith("part_") for k in tree.keys()):  # noqa: SIM118
             return "jetclass-root"
+        events = find_events(f)
+        if events is not None:
+            keys = flat_names(events.keys())
+            if constituent_maps(keys):
+                return "nanoaod"
+            raise HepfmInputError(
+                f"NanoAOD file ({EVENTS!r} tree) without jet constituents: {describe_nanoaod(keys)}; "
+                "jets with particles need PFNano or NanoAOD v15+ PF candidates",
+                path,
+            )
         found = describe_root_keys(f)
     raise HepfmInputError(
-        f"ROOT file with no TTree or RNTuple {TREE!r} with part_* branches (JetClass layout); "
-        f"the file holds: {found}",
+        f"ROOT file with no TTree or RNTuple {TREE!r} with part_* branches (JetClass layout) and no "
+        f"NanoAOD {EVENTS!r} tree; the file holds: {found}",
         path,
     )
 
@@ -169,9 +197,15 @@ def open_source(path: str | Path, format: str | None = None, **options: Any) -> 
 
     ``options`` go to the reader: ``max_particles``, ``validate`` (default True: every ``read``
     checks its jets and raises on the first bad one) and ``skip_bad`` (drop bad jets instead).
+    ``path`` may end in a NanoAOD collection selector (``FILE:Jet``).
     """
-    path = Path(path).expanduser()
+    text, collection = split_selector(os.path.expanduser(str(path)))
+    path = Path(text)
     _check_file(path)
+    if collection is not None:
+        if (format or detect_format(path)) != "nanoaod":
+            raise HepfmInputError(f"the ':{collection}' selector is for NanoAOD files only", path)
+        format, options = "nanoaod", {**options, "collection": collection}
     if format is None:
         name = detect_format(path)
     else:
@@ -191,18 +225,21 @@ def expand_patterns(patterns: Iterable[str | Path]) -> list[Path]:
     """Paths from file names and glob patterns (each pattern's matches sorted; duplicates dropped).
 
     A pattern with glob characters that matches nothing is an error; a plain name is kept as is (so
-    a missing file is reported as "file not found" when opened).
+    a missing file is reported as "file not found" when opened). A NanoAOD collection selector
+    (``FILE:Jet``) stays on every match.
     """
     out: list[Path] = []
     seen: set[str] = set()
     for pat in patterns:
-        text = os.path.expanduser(str(pat))
+        text, collection = split_selector(os.path.expanduser(str(pat)))
         if glob.has_magic(text):
             matches = sorted(glob.glob(text, recursive=True))
             if not matches:
                 raise HepfmInputError("no file matches this pattern", text)
         else:
             matches = [text]
+        if collection is not None:
+            matches = [f"{m}:{collection}" for m in matches]
         for m in matches:
             key = os.path.abspath(m)
             if key not in seen:

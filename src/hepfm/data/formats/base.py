@@ -153,6 +153,9 @@ class ValidatingSource:
         self.has_labels = False
         #: the per-particle fields (``JetChunk.particles`` keys) the file provides
         self.particle_fields: tuple[str, ...] = ()
+        #: for ``hepfm inspect``: the layout the reader recognised, and which file fields it reads as what
+        self.detected = ""
+        self.field_map: dict[str, str] = {}
         self._n = 0
         self._handle = None
         self._pid: int | None = None

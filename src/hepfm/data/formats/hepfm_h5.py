@@ -205,6 +205,13 @@ class HepfmH5Source(ValidatingSource):
         self._jet_keys = sorted(f["jets"]) if "jets" in f else []
         self.particle_fields = tuple(self._particle_keys)
         self.compression = _attr_str(f.attrs.get("compression", describe_compression(p4)))
+        n_classes = len(self.class_names)
+        labels = f"labels from integer 'label' ({n_classes} classes)" if self.has_labels else "unlabeled"
+        self.detected = f"hepfm HDF5 ({self.compression}); {labels}"
+        self.field_map = {"p4": "p4 (px, py, pz, E)", "mask": "n_particles",
+                          **{k: f"particles/{k}" for k in self._particle_keys}}
+        if self._jet_keys:
+            self.field_map["jet fields"] = ", ".join(f"jets/{k}" for k in self._jet_keys)
         for k in self._particle_keys:
             check_rows(f"particles/{k}", 2)
             if f[f"particles/{k}"].shape[1] != n_slots:

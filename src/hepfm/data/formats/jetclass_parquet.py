@@ -97,6 +97,12 @@ class _ParquetTable(ColumnTable):
     def is_scalar(self, name: str) -> bool:
         return name in self._scalar
 
+    def is_jagged(self, name: str) -> bool:
+        return name in self._jagged
+
+    def type_of(self, name: str) -> str:
+        return str(self.pf.schema_arrow.field(name).type)
+
     def layout(self, names):
         md = self.pf.metadata
         want = set(names)
@@ -153,6 +159,9 @@ class JetClassParquetSource(JetClassColumnsSource):
     format = "jetclass-parquet"
     COLUMN = "column"
     LAYOUT = "JetClass Parquet layout"
+
+    def _container(self) -> str:
+        return "Parquet columns"
 
     def __init__(self, path: str | Path, **options: Any) -> None:
         _pyarrow(path)

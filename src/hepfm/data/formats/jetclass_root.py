@@ -61,10 +61,20 @@ from typing import Any
 import numpy as np
 
 from hepfm.data.formats.base import ValidatingSource
-from hepfm.data.jets import FULL_JET_P4, JETCLASS_CLASSES, PID_FLAGS, JetChunk, pt_eta_phi
+from hepfm.data.formats.flat import pad_particles
+from hepfm.data.jets import (
+    FULL_JET_P4,
+    JETCLASS2_CLASSES,
+    JETCLASS_CLASSES,
+    PID_FLAGS,
+    JetChunk,
+    pid_flags,
+    pt_eta_phi,
+)
 from hepfm.data.validate import (
     ROOT_ERRORS,
     labels_from_one_hot,
+    labels_from_values,
     read_errors,
     select_fields,
 )
@@ -90,6 +100,13 @@ READ_PARTICLE_FIELDS = (*OFFICIAL_PARTICLE_FIELDS, "pid")
 JET_BRANCHES = ("jet_pt", "jet_eta", "jet_phi", "jet_energy", "jet_nparticles")
 OPTIONAL_JET_BRANCHES = ("jet_sdmass", "jet_tau1", "jet_tau2", "jet_tau3", "jet_tau4")
 AUX_PREFIX = "aux_hepfm_"
+#: JetClass-II's label: one integer per jet over its 188 classes (:data:`~hepfm.data.jets.JETCLASS2_CLASSES`).
+LABEL_INDEX = "jet_label"
+#: Scalar columns kept as per-jet fields: jet observables, JetClass-II's matched generator jet, hepfm's own.
+JET_PREFIXES = ("jet_", "genjet_", AUX_PREFIX)
+#: JetClass-II's truth-particle masses and the flags of its resonances X and Y: ``resx_mass``/``resy_mass``.
+TRUTH_MASS = "aux_genpart_mass"
+RESONANCES = ("ResX", "ResY")
 METADATA_KEY = "hepfm_metadata"
 DEFAULT_MAX_PARTICLES = 128
 #: Entries per basket the writer uses by default (the loaders read 8192 jets at a time).
@@ -182,6 +199,14 @@ class ColumnTable:
         """True if the column holds one number per entry."""
         raise NotImplementedError
 
+    def is_jagged(self, name: str) -> bool:  # pragma: no cover - overridden
+        """True if the column holds a list of numbers per entry."""
+        raise NotImplementedError
+
+    def type_of(self, name: str) -> str:  # pragma: no cover - overridden
+        """The column's type as the container names it (for error messages)."""
+        raise NotImplementedError
+
     def layout(self, names: tuple[str, ...]) -> tuple[np.ndarray, float]:  # pragma: no cover
         """Entry numbers where the compression units (baskets, clusters, row groups) of all ``names``
         start together (0 ... n), and the decoded bytes per entry of those columns."""
@@ -221,6 +246,17 @@ class _TTreeTable(_UprootTable):
     def is_scalar(self, name: str) -> bool:
         return _scalar_branch(self.obj[name])
 
+    def is_jagged(self, name: str) -> bool:
+        import uproot
+
+        interp = self.obj[name].interpretation
+        return (isinstance(interp, uproot.interpretation.jagged.AsJagged)
+                and isinstance(interp.content, uproot.interpretation.numerical.AsDtype)
+                and interp.content.to_dtype.kind in "biuf")
+
+    def type_of(self, name: str) -> str:
+        return str(self.obj[name].typename)
+
     def layout(self, names):
         bounds = np.asarray(self.obj.common_entry_offsets(filter_name=list(names)), dtype=np.int64)
         per_entry = sum(self.obj[b].uncompressed_bytes for b in names) / max(self.num_entries, 1) + 8.0
@@ -240,6 +276,16 @@ class _RNTupleTable(_UprootTable):
 
     def is_scalar(self, name: str) -> bool:
         return self._types.get(name) in _RNTUPLE_SCALARS
+
+    def is_jagged(self, name: str) -> bool:
+        t = self._types.get(name, "")
+        for box in ("std::vector<", "ROOT::VecOps::RVec<", "ROOT::RVec<"):
+            if t.startswith(box) and t.endswith(">"):
+                return t[len(box) : -1] in _RNTUPLE_SCALARS
+        return False
+
+    def type_of(self, name: str) -> str:
+        return self._types.get(name) or "a record or collection"
 
     def layout(self, names):
         starts = [int(c.num_first_entry) for c in self.obj.cluster_summaries]
@@ -316,6 +362,10 @@ class JetClassColumnsSource(ValidatingSource):
     def _read_metadata(self) -> dict:
         return {}
 
+    def _container(self) -> str:
+        """What holds the columns, for ``hepfm inspect``."""
+        return type(self._cols()).__name__
+
     def _cols(self) -> ColumnTable:
         """The table of the current file handle (rebuilt after a reopen, e.g. in a forked worker)."""
         handle = self._file()
@@ -331,11 +381,21 @@ class JetClassColumnsSource(ValidatingSource):
             if b not in names:
                 raise HepfmInputError(f"missing {self.COLUMN} {b}", self.path)
         self._particle_fields = [k for k in READ_PARTICLE_FIELDS if f"part_{k}" in names]
+        for b in (*MOMENTUM_BRANCHES, *(f"part_{k}" for k in self._particle_fields)):
+            if not table.is_jagged(b):
+                raise HepfmInputError(
+                    f"{self.COLUMN} {b} has type {table.type_of(b)}, not a list of numbers per jet", self.path
+                )
         # label_* columns in file order (scalar ones only)
         in_file = [k for k in table.names if k.startswith("label_") and table.is_scalar(k)]
         file_classes = [k[len("label_") :] for k in in_file]
+        self._label_branches: list[str] = []
+        self._label_index: str | None = None
         if not file_classes:
             classes: tuple[str, ...] = ()
+            if LABEL_INDEX in names and table.is_scalar(LABEL_INDEX):  # JetClass-II: one integer
+                classes = JETCLASS2_CLASSES
+                self._label_index = LABEL_INDEX
         elif set(file_classes) <= set(JETCLASS_CLASSES):
             missing = [c for c in JETCLASS_CLASSES if c not in file_classes]
             if missing:
@@ -349,15 +409,29 @@ class JetClassColumnsSource(ValidatingSource):
             classes = tuple(file_classes)
         self.has_labels = bool(classes)
         self.class_names = classes
-        self._label_branches = [f"label_{c}" for c in classes]
+        if self._label_index is None:
+            self._label_branches = [f"label_{c}" for c in classes]
         self._jet_branches = sorted(
-            k for k in names if (k.startswith("jet_") or k.startswith(AUX_PREFIX)) and table.is_scalar(k)
+            k for k in names
+            if k.startswith(JET_PREFIXES) and k != LABEL_INDEX and table.is_scalar(k)
         )
+        #: JetClass-II's truth particles: the resonances' masses become per-jet fields (regression targets)
+        self._resonances = [r for r in RESONANCES if {TRUTH_MASS, f"aux_genpart_is{r}"} <= names]
         self._n = int(table.num_entries)
         self.particle_fields = tuple(self._particle_fields)
         self._cache: _Decoded | None = None
         self._boundaries: dict[tuple[str, ...], tuple[np.ndarray, float]] = {}
         self.metadata = self._read_metadata()
+        self.detected = f"{self.LAYOUT} ({self._container()})" + (
+            f"; labels from integer {LABEL_INDEX} (JetClass-II, {len(classes)} classes)" if self._label_index
+            else f"; labels from one-hot label_* ({len(classes)} classes)" if classes else "; unlabeled"
+        )
+        self.field_map = {
+            "p4": "part_px/py/pz/energy",
+            **{k: f"part_{k}" for k in self._particle_fields},
+            "label": self._label_index or ("label_*" if classes else "-"),
+            "jet fields": ", ".join(self._jet_branches[:8]) + (" ..." if len(self._jet_branches) > 8 else ""),
+        }
 
     def __getstate__(self) -> dict:
         state = super().__getstate__()
@@ -408,13 +482,14 @@ class JetClassColumnsSource(ValidatingSource):
         pfields = select_fields(self._particle_fields, fields)
         keys = select_fields([_jet_key(b) for b in self._jet_branches], jet_fields)  # JetChunk.jets names
         jet_branches = [b for b in self._jet_branches if _jet_key(b) in keys]
-        jagged = [*MOMENTUM_BRANCHES, *(f"part_{k}" for k in pfields)]
-        scalar = [*self._label_branches, *jet_branches]
-        n = stop - start
+        resonances = [r for r in self._resonances if jet_fields is None or f"{r.lower()}_mass" in jet_fields]
+        truth = [TRUTH_MASS, *(f"aux_genpart_is{r}" for r in resonances)] if resonances else []
+        jagged = [*MOMENTUM_BRANCHES, *(f"part_{k}" for k in pfields), *truth]
+        scalar = [*self._label_branches, *([self._label_index] if self._label_index else []), *jet_branches]
         with read_errors(self.path, f"reading jets {start}-{stop}", self.ERRORS):
             dec = self._decode(start, stop, jagged, scalar)
         offsets = dec.jagged["part_px"][0]
-        for b in jagged[1:]:
+        for b in jagged[1 : len(jagged) - len(truth)]:
             off = dec.jagged[b][0]
             if not np.array_equal(off, offsets):
                 c, counts = np.diff(off), np.diff(offsets)
@@ -423,59 +498,28 @@ class JetClassColumnsSource(ValidatingSource):
                     f"jet {start + i}: branch {b} has {c[i]} particles but part_px has {counts[i]}",
                     self.path,
                 )
-        flat = {b: dec.jagged[b][1] for b in jagged}
-        counts = np.diff(offsets)
-        total = int(offsets[-1])
-        px = flat["part_px"].astype(np.float32, copy=False)
-        py = flat["part_py"].astype(np.float32, copy=False)
-        with np.errstate(all="ignore"):
-            pt2 = px * px + py * py  # float32, as the key of sort_by_pt
-        # pT-descending within each jet (before clipping, so the hardest particles are kept)
-        if total > 1:
-            rising = pt2[1:] > pt2[:-1]
-            starts = offsets[1:-1]
-            starts = starts[(starts > 0) & (starts < total)]
-            rising[starts - 1] = False  # pairs across a jet boundary do not count
-            if rising.any():
-                order = _sort_within_jets(pt2, counts)
-                flat = {k: v[order] for k, v in flat.items()}
-        n_slots = self.max_particles if self.max_particles is not None else int(counts.max(initial=0))
-        kept = np.minimum(counts, n_slots)
-        # destination of every particle in the (n * n_slots) padded rows: jet * n_slots + position
-        first_slot = np.arange(n, dtype=np.int64) * n_slots
-        dst = np.arange(total, dtype=np.int64) + np.repeat(first_slot - offsets[:-1], counts)
-        full = None
-        if int(kept.sum()) != total:  # clip the softest particles of long jets
-            full = np.zeros((n, 4), dtype=np.float64)  # ... keeping the whole jets' sums
-            nonempty = counts > 0
-            for c, b in enumerate(MOMENTUM_BRANCHES):
-                full[nonempty, c] = np.add.reduceat(flat[b], offsets[:-1][nonempty], dtype=np.float64)
-            keep = np.flatnonzero(dst - np.repeat(first_slot, counts) < n_slots)
-            dst = dst[keep]
-            flat = {k: v[keep] for k, v in flat.items()}
-        m = len(dst)
-        cols = np.empty((m, 4), dtype=np.float32)
-        for c, b in enumerate(MOMENTUM_BRANCHES):
-            cols[:, c] = flat[b]
-        p4: np.ndarray = np.zeros((n * n_slots, 4), dtype=np.float32)
-        _rows(p4)[dst] = _rows(cols)
-        p4 = p4.reshape(n, n_slots, 4)
-        mask = np.arange(n_slots)[None, :] < kept[:, None]
-        particles = {}
-        for k in pfields:
-            arr = np.zeros(n * n_slots, dtype=np.int32 if k == "pid" else np.float32)
-            arr[dst] = flat[f"part_{k}"]
-            particles[k] = arr.reshape(n, n_slots)
+        padded = pad_particles(
+            offsets,
+            [dec.jagged[b][1] for b in MOMENTUM_BRANCHES],
+            {k: dec.jagged[f"part_{k}"][1] for k in pfields},
+            self.max_particles,
+        )
         label = None
-        if self.has_labels:
+        if self._label_index is not None:
+            label = labels_from_values(dec.scalar[self._label_index], len(self.class_names))
+        elif self.has_labels:
             # float64 holds every branch type exactly enough: 0.9 stays 0.9 (not one-hot), never class 0
             onehot = np.stack([dec.scalar[b].astype(np.float64) for b in self._label_branches], axis=1)
             label = labels_from_one_hot(onehot)
         jets = {_jet_key(b): dec.scalar[b].copy() for b in jet_branches}
-        if full is not None:
-            jets[FULL_JET_P4] = full
+        for r in resonances:
+            flags = dec.jagged[f"aux_genpart_is{r}"]
+            jets[f"{r.lower()}_mass"] = _first_flagged(dec.jagged[TRUTH_MASS], flags)
+        if padded.full is not None:
+            jets[FULL_JET_P4] = padded.full
         return JetChunk(
-            p4=p4, mask=mask, label=label, class_names=self.class_names, particles=particles, jets=jets
+            p4=padded.p4, mask=padded.mask, label=label, class_names=self.class_names,
+            particles=padded.particles, jets=jets,
         )
 
 
@@ -511,6 +555,9 @@ class JetClassRootSource(JetClassColumnsSource):
             )
         return tree
 
+    def _container(self) -> str:
+        return f"{self._file().classname_of(TREE)} {TREE!r}"
+
     def _table(self) -> ColumnTable:
         tree = self._tree()
         return _TTreeTable(tree) if self._file().classname_of(TREE) == "TTree" else _RNTupleTable(tree)
@@ -526,48 +573,27 @@ class JetClassRootSource(JetClassColumnsSource):
         return {}
 
 
+def _first_flagged(values: tuple[np.ndarray, np.ndarray], flags: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Per entry, the first value whose flag is set (0 where none is): jagged (offsets, content) pairs."""
+    (off, val), (_, flag) = values, flags
+    n = len(off) - 1
+    out = np.zeros(n, dtype=np.float32)
+    hit = np.flatnonzero(flag.astype(bool))
+    if hit.size:
+        row = np.searchsorted(off, hit, side="right") - 1
+        rows, first = np.unique(row, return_index=True)
+        out[rows] = val[hit[first]]
+    return out
+
+
 def _jet_key(branch: str) -> str:
     """The ``JetChunk.jets`` name of a per-jet branch (``aux_hepfm_<k>`` -> ``<k>``)."""
     return branch[len(AUX_PREFIX) :] if branch.startswith(AUX_PREFIX) else branch
 
 
-def _rows(a: np.ndarray) -> np.ndarray:
-    """A C-contiguous (M, 4) float32 array as (M,) opaque 16-byte rows (one move per particle)."""
-    return a.view(np.dtype((np.void, a.shape[1] * a.itemsize))).reshape(a.shape[0])
-
-
-def _sort_within_jets(pt2: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Stable order of flat particles that keeps jets in place and sorts each by decreasing pT^2.
-
-    One integer sort: (jet index << 32) | ~(float32 bits of pT^2), as the bits of a non-negative
-    float order like the float (NaN sorts first, as the largest).
-    """
-    row = np.repeat(np.arange(len(counts), dtype=np.uint64), counts)
-    bits = np.ascontiguousarray(pt2, dtype=np.float32).view(np.uint32).astype(np.uint64)
-    key = (row << np.uint64(32)) | (np.uint64(0xFFFFFFFF) - bits)
-    return np.argsort(key, kind="stable")
-
-
 # -- writer -------------------------------------------------------------------------------------
 def _wrap_phi(x: np.ndarray) -> np.ndarray:
     return (x + np.pi) % (2 * np.pi) - np.pi
-
-
-def _pid_flags(pid: np.ndarray, charge: np.ndarray) -> dict[str, np.ndarray]:
-    """The five JetClass particle-ID flags from PDG ids and charges."""
-    apid = np.abs(pid)
-    electron = apid == 11
-    muon = apid == 13
-    photon = apid == 22
-    charged_hadron = (charge != 0) & ~electron & ~muon
-    neutral_hadron = (charge == 0) & ~photon & ~electron & ~muon
-    return {
-        "isChargedHadron": charged_hadron,
-        "isNeutralHadron": neutral_hadron,
-        "isPhoton": photon,
-        "isElectron": electron,
-        "isMuon": muon,
-    }
 
 
 class _JetClassTreeWriter:
@@ -676,7 +702,7 @@ class _JetClassTreeWriter:
             and "charge" in chunk.particles
             and not all(k in chunk.particles for k in PID_FLAGS)
         ):
-            flags = _pid_flags(chunk.particles["pid"][mask], chunk.particles["charge"][mask])
+            flags = pid_flags(chunk.particles["pid"][mask], chunk.particles["charge"][mask])
             self.derived_flags = True
         for k in OFFICIAL_PARTICLE_FIELDS:
             dtype = np.int32 if k in PID_FLAGS else np.float32

@@ -219,6 +219,12 @@ class TopTagH5Source(ValidatingSource):
         self.has_labels = LABEL_COLUMN in columns
         self.class_names = TOPTAG_CLASSES if self.has_labels else ()
         self._jet_columns = [c for c in (*TRUTH_COLUMNS, "ttv") if c in columns]
+        self.detected = f"Top Tagging pandas HDF5 ({self.layout} layout, {n_slots} slots)" + (
+            f"; labels from {LABEL_COLUMN}" if self.has_labels else "; unlabeled"
+        )
+        self.field_map = {"p4": "E_i, PX_i, PY_i, PZ_i (reordered to px, py, pz, E)",
+                          "label": LABEL_COLUMN if self.has_labels else "-",
+                          **({"jet fields": ", ".join(self._jet_columns)} if self._jet_columns else {})}
         meta = f.attrs.get("hepfm_metadata")
         if meta is not None:
             try:
