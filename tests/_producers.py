@@ -43,10 +43,12 @@ def write_nanoaod(
     jets_per_event: int = 2,
     puppi_weight: float = 1.0,
     seed: int = 0,
+    basket_events: int = 1000,
 ) -> dict[str, np.ndarray]:
     """Write ``chunk``'s jets as FatJets of events (``jets_per_event`` each, plus one FatJet without
     stored constituents per event), with an AK4 ``Jet`` per FatJet made of its leading half, and
-    3 unassociated candidates per event; candidates are shuffled within each event.
+    3 unassociated candidates per event; candidates are shuffled within each event. A TTree is
+    written in baskets of ``basket_events`` events (CMSSW flushes every few thousand events).
 
     Returns what a reader must give back: ``fatjet_order`` (chunk index of each FatJet with
     constituents, in file order) and ``ak4_counts`` (constituents of each AK4 jet, in file order).
@@ -115,7 +117,8 @@ def write_nanoaod(
     with uproot.recreate(path) as f:
         if container == "TTree":
             f.mktree("Events", {k: v.type if isinstance(v, ak.Array) else v.dtype for k, v in data.items()})
-            f["Events"].extend(data)
+            for a in range(0, n_events, basket_events):
+                f["Events"].extend({k: v[a : a + basket_events] for k, v in data.items()})
         else:
             f.mkrntuple("Events", data)
     fatjet_order = np.arange(len(chunk))
