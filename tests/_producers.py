@@ -192,3 +192,60 @@ def write_jetclass2(path: Path, chunk: JetChunk, labels: np.ndarray, *, containe
     with uproot.recreate(path) as f:
         f.mktree("tree", {k: v.type if isinstance(v, ak.Array) else v.dtype for k, v in data.items()})
         f["tree"].extend(data)
+
+
+def write_nanoaod_events(path: Path, n_events: int = 50, *, seed: int = 0, met: str = "PFMET",
+                         btag: str = "btagUParTAK4B", taus: bool = False) -> dict[str, np.ndarray]:
+    """Events of reconstructed objects with NanoAOD v15 names (``PFMET_*``, a UParT b-tag score,
+    no ``Tau_*``/``Photon_*`` unless ``taus``), as CMSSW writes them (TTree, ``n<Coll>`` counters).
+
+    Each event has one electron (pT 30-60, cutBased 4), one muon (pT 20) passing ``looseId`` in even
+    events only, three
+    jets (jetId 6; the first b-tagged with score 0.9, the others 0.01) and one more jet on top of the
+    electron (to be cleaned away). Returns the electrons' and jets' kinematics for checks.
+    """
+    import awkward as ak
+    import uproot
+
+    rng = np.random.default_rng(seed)
+    n = n_events
+    e_pt, e_eta, e_phi = rng.uniform(30, 60, n), rng.uniform(-2, 2, n), rng.uniform(-3, 3, n)
+    j_pt = np.stack([rng.uniform(40, 100, n), rng.uniform(30, 40, n), rng.uniform(26, 29, n), e_pt], 1)
+    j_eta = np.stack([rng.uniform(-2, 2, n) for _ in range(3)] + [e_eta], 1)
+    j_phi = np.stack([rng.uniform(-3, 3, n) for _ in range(3)] + [e_phi], 1)
+    # keep the three real jets away from the electron (the fourth sits on it)
+    near = np.abs(j_eta[:, :3] - e_eta[:, None]) < 0.5
+    j_eta[:, :3] = np.where(near, -j_eta[:, :3] - 0.6 * np.sign(e_eta[:, None]), j_eta[:, :3])
+
+    def one(v, dtype=np.float32):
+        return ak.Array(np.asarray(v, dtype)[:, None].tolist())
+
+    def coll(fields: dict) -> ak.Array:
+        """A collection: float32 kinematics, the integer and bool branches as given."""
+        typed = ("charge", "cutBased", "jetId", "looseId")
+        return ak.zip({k: v if k in typed else ak.values_astype(v, np.float32) for k, v in fields.items()})
+
+    data = {
+        "run": np.full(n, 362000, np.uint32),
+        "luminosityBlock": np.full(n, 3, np.uint32),
+        "event": np.arange(n, dtype=np.uint64),
+        "Electron": coll({"pt": one(e_pt), "eta": one(e_eta), "phi": one(e_phi), "mass": one(np.zeros(n)),
+                          "charge": one(np.full(n, -1), np.int32), "cutBased": one(np.full(n, 4), np.uint8)}),
+        "Muon": coll({"pt": one(np.full(n, 20.0)), "eta": one(np.zeros(n)), "phi": one(np.zeros(n)),
+                      "mass": one(np.full(n, 0.105)), "charge": one(np.ones(n), np.int32),
+                      "looseId": one(np.arange(n) % 2 == 0, bool)}),
+        "Jet": coll({"pt": ak.Array(j_pt.tolist()), "eta": ak.Array(j_eta.tolist()),
+                     "phi": ak.Array(j_phi.tolist()), "mass": ak.Array((j_pt * 0.1).tolist()),
+                     "jetId": ak.values_astype(ak.Array(np.full((n, 4), 6).tolist()), np.uint8),
+                     btag: ak.Array(np.tile([0.9, 0.01, 0.01, 0.01], (n, 1)).tolist())}),
+        f"{met}_pt": rng.uniform(20, 80, n).astype(np.float32),
+        f"{met}_phi": rng.uniform(-3, 3, n).astype(np.float32),
+    }
+    if taus:
+        data["Tau"] = coll({"pt": one(np.full(n, 25.0)), "eta": one(np.full(n, 0.5)),
+                            "phi": one(np.full(n, 2.5)), "mass": one(np.full(n, 1.2)),
+                            "charge": one(np.ones(n), np.int32)})
+    with uproot.recreate(path) as f:
+        f.mktree("Events", {k: v.type if isinstance(v, ak.Array) else v.dtype for k, v in data.items()})
+        f["Events"].extend(data)
+    return {"e_pt": e_pt, "j_pt": j_pt, "met_pt": data[f"{met}_pt"]}

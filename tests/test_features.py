@@ -168,6 +168,7 @@ def test_padding_zero_and_invariant(name):
     jets = [[p4_of(rng.uniform(1, 50), rng.normal(0, 1), rng.uniform(-3.1, 3.1)) for _ in range(k)]
             for k in (3, 1, 5)]
     fields = {f: [list(rng.uniform(0, 1, len(j))) for j in jets] for f in PARTICLE_FIELDS if f != "pid"}
+    fields["object_type"] = [list(rng.integers(0, 7, len(j))) for j in jets]
     fs = FEATURE_SETS.get(name)
     tight = fs.compute(chunk_of(jets, **fields))
     loose = fs.compute(chunk_of(jets, n_slots=12, **fields))

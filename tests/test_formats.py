@@ -86,7 +86,7 @@ def toptag_dataframe(chunk: JetChunk, n_slots: int, labeled: bool = True) -> pd.
 def test_registries_names():
     assert set(WRITERS.names()) == {"hepfm", "toptag-h5", "jetclass-root", "jetclass-parquet"}
     assert set(FORMATS.names()) == {"hepfm", "toptag-h5", "jetclass-root", "jetclass-parquet", "nanoaod",
-                                    "aspen-h5"}
+                                    "aspen-h5", "nanoaod-events"}
     with pytest.raises(HepfmInputError, match="unknown output format"):
         write_jets("x.h5", [], "csv", {})
 

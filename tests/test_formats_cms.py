@@ -150,8 +150,9 @@ def test_real_pfnano_file():
 
 @needs_real
 @pytest.mark.parametrize("name", ["nanoAOD_2015_CMS_Open_Data_ttbar.root", "coffea_nano_dy.root"])
-def test_real_nanoaod_without_candidates_is_refused(name, capsys):
-    assert main(["inspect", str(REAL / name)]) == 2
+def test_real_nanoaod_without_candidates_has_no_jets_with_constituents(name, capsys):
+    # read as events of objects by default (tests/test_events_nanoaod.py); jets need PF candidates
+    assert main(["inspect", f"{REAL / name}:FatJet"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert "without jet constituents: no PF candidates" in err

@@ -26,6 +26,14 @@ hepfm JetClass writer follows it too). ``kin``/``kinpid``/``full`` therefore hav
 ``flip_eta=True``; ``FeatureSet.replace(flip_eta=False)`` gives the plain difference. ΔR and
 every other feature are unaffected by the sign.
 
+The ``objects`` set is for events read as sets of reconstructed objects (Kishimoto's event-level
+model, whose inputs are each object's four-vector and charge; the object type is an input too, as
+the model must know the other objects' types to predict a hidden one's): log pT and log E
+standardised around 33 GeV and 55 GeV (``center`` 3.5 and 4.0, ``scale`` 1: objects of 10 GeV to
+1 TeV map to about -1.2 ... 3.4), raw η and φ (absolute directions: an event has no axis to be
+relative to, and the Lorentz augmentations rotate and flip them), the charge, and the one-hot
+:data:`~hepfm.data.jets.OBJECT_TYPES`.
+
 The ``jetclr`` set follows Zhao, Mokhtar, Kansal, Li, Duarte, "Large-Scale Pretraining and
 Finetuning for Efficient Jet Classification in Particle Physics" (JetCLR at JetClass scale),
 arXiv:2408.09343 (Sec. 2.2, Table 1) and its code (``JavierZhao/JetCLR``, ``make_dataset.py`` and
@@ -55,7 +63,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from hepfm.data.jets import FULL_JET_P4, PID_FLAGS, JetChunk, kinematics
+from hepfm.data.jets import FULL_JET_P4, OBJECT_TYPES, PID_FLAGS, JetChunk, kinematics
 from hepfm.errors import HepfmInputError
 from hepfm.registry import Registry
 
@@ -211,6 +219,14 @@ def _field_of(name: str) -> Callable[[_Particles], np.ndarray]:
 
 for _flag in PID_FLAGS:
     _QUANTITIES[_flag] = ((_flag,), _field_of(_flag))
+
+
+def _is_type(index: int) -> Callable[[_Particles], np.ndarray]:
+    return lambda p: (p.field("object_type") == index).astype(np.float32)
+
+
+for _i, _kind in enumerate(OBJECT_TYPES):  # one-hot object type of events read as sets of objects
+    _QUANTITIES[f"is_{_kind}"] = (("object_type",), _is_type(_i))
 
 
 class RaggedFeatures(NamedTuple):
@@ -421,6 +437,23 @@ FEATURE_SETS.add(
         "jetclr",
         (Feature("part_eta", "eta"), Feature("part_phi", "phi"), *_KIN_HEAD[:4]),
         description="JetCLR at JetClass scale: raw eta, phi + 4 log features (6)",
+    ),
+)
+
+
+FEATURE_SETS.add(
+    "objects",
+    FeatureSet(
+        "objects",
+        (
+            Feature("obj_pt_log", "pt_log", 3.5, 1.0),
+            Feature("obj_eta", "eta"),
+            Feature("obj_phi", "phi"),
+            Feature("obj_e_log", "e_log", 4.0, 1.0),
+            Feature("obj_charge", "charge"),
+            *(Feature(f"obj_is_{k}", f"is_{k}") for k in OBJECT_TYPES),
+        ),
+        description="events as sets of objects: log pT, eta, phi, log E, charge, type one-hot (12)",
     ),
 )
 

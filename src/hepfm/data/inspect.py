@@ -128,6 +128,7 @@ class _Stats:
         self.pt = _Sample()
         self.mass: dict[str, _Sample] = {}
         self.bad: dict[str, int] = {}
+        self.object_types: np.ndarray | None = None  # events of objects: objects per type, summed
 
     def add(self, chunk, n_read: int, bad: dict[str, int]) -> None:
         self.n_read += n_read
@@ -139,6 +140,12 @@ class _Stats:
         with np.errstate(all="ignore"):
             kin = chunk.jet_kinematics()
         self.nconst.add(chunk.n_particles)
+        if "object_type" in chunk.particles:
+            from hepfm.data.jets import OBJECT_TYPES
+
+            types = chunk.particles["object_type"][chunk.mask]
+            counts = np.bincount(types, minlength=len(OBJECT_TYPES))[: len(OBJECT_TYPES)]
+            self.object_types = counts if self.object_types is None else self.object_types + counts
         self.pt.add(kin["pt"])
         self.mass.setdefault("all", _Sample()).add(kin["mass"])
         if chunk.label is not None:
@@ -165,7 +172,16 @@ class _Stats:
             "jet_pt": self.pt.quantiles(),
             "jet_mass": mass,
             "quantiles_exact": all(s.exact for s in samples),
+            "objects_per_type": self._per_type(),
         }
+
+    def _per_type(self) -> dict[str, float] | None:
+        """Mean objects per event of each type (events read as sets of objects), else None."""
+        if self.object_types is None or self.n_good == 0:
+            return None
+        from hepfm.data.jets import OBJECT_TYPES
+
+        return {k: float(v) / self.n_good for k, v in zip(OBJECT_TYPES, self.object_types, strict=True)}
 
 
 def inspect_files(
@@ -231,6 +247,7 @@ def inspect_files(
             "class_names": list(source.class_names),
             "max_particles": getattr(source, "file_max_particles", None),
             "detected": getattr(source, "detected", ""),
+            "item": getattr(source, "item", "jet"),
             "fields": dict(getattr(source, "field_map", {}) or {}),
         }
         entry.update(stats.summary())
@@ -240,6 +257,7 @@ def inspect_files(
         files.append(entry)
     tot: dict[str, Any] = {
         "n_files": len(files),
+        "item": files[0]["item"] if files and all(f["item"] == files[0]["item"] for f in files) else "jet",
         "formats": formats,
         "n_jets": sum(f["n_jets"] for f in files),
         "labeled": bool(files) and all(f["labeled"] for f in files),
@@ -261,6 +279,8 @@ def _num(x: float | None, digits: int = 1) -> str:
 def _render_block(title: str, s: dict[str, Any], lines: list[str]) -> None:
     lines.append(title)
     row = "  {:<18}{}"
+    item = s.get("item", "jet")  # "event" for events read as sets of objects
+    part = "objects" if item == "event" else "constituents"
     if "format" in s:
         lines.append(row.format("format", s["format"]))
         if s.get("detected"):
@@ -271,7 +291,7 @@ def _render_block(title: str, s: dict[str, Any], lines: list[str]) -> None:
         lines.append(row.format("formats", ", ".join(f"{k} x{v}" for k, v in s["formats"].items()) or "-"))
     lines.append(
         row.format(
-            "jets",
+            f"{item}s",
             f"{s['n_jets']:,} in file(s); read {s['n_read']:,}, good {s['n_good']:,}, bad {s['n_bad']:,}",
         )
     )
@@ -293,18 +313,22 @@ def _render_block(title: str, s: dict[str, Any], lines: list[str]) -> None:
     if c:
         lines.append(
             row.format(
-                "constituents/jet",
+                f"{part}/{item}",
                 f"mean {c['mean']:.1f}  min {_num(c['min'])}  q10 {_num(c['q10'])}  q50 {_num(c['q50'])}  "
                 f"q90 {_num(c['q90'])}  max {_num(c['max'])}",
             )
         )
+    per_type = s.get("objects_per_type")
+    if per_type:
+        lines.append(row.format("objects by type", "  ".join(f"{k} {v:.2f}" for k, v in per_type.items()
+                                                             if v) + f"  (per {item})"))
     pt = s["jet_pt"]
     if pt:
         lines.append(
-            row.format("jet pT [GeV]", f"q10 {pt['q10']:.1f}  q50 {pt['q50']:.1f}  q90 {pt['q90']:.1f}")
+            row.format(f"{item} pT [GeV]", f"q10 {pt['q10']:.1f}  q50 {pt['q50']:.1f}  q90 {pt['q90']:.1f}")
         )
     if s["jet_mass"]:
-        lines.append(row.format("jet mass [GeV]", f"{'class':<8}{'q10':>9}{'q50':>9}{'q90':>9}"))
+        lines.append(row.format(f"{item} mass [GeV]", f"{'class':<8}{'q10':>9}{'q50':>9}{'q90':>9}"))
         masses = s["jet_mass"]
         if len(masses) > MANY_CLASSES + 1:
             masses = {"all": masses["all"]}
@@ -314,9 +338,10 @@ def _render_block(title: str, s: dict[str, Any], lines: list[str]) -> None:
     if not s["quantiles_exact"]:
         lines.append(row.format("", f"(quantiles from a uniform sample of {SAMPLE_CAP:,} jets per class)"))
     if s["n_bad"]:
-        lines.append(row.format("bad jets (skipped)", ", ".join(f"{k} {v:,}" for k, v in s["bad"].items())))
+        reasons = ", ".join(f"{k} {v:,}" for k, v in s["bad"].items())
+        lines.append(row.format(f"bad {item}s (skipped)", reasons))
     else:
-        lines.append(row.format("bad jets", "none"))
+        lines.append(row.format(f"bad {item}s", "none"))
     meta = s.get("metadata")
     if meta:
         import json
@@ -335,5 +360,6 @@ def render_text(summary: dict[str, Any]) -> str:
         _render_block(f"total over {summary['total']['n_files']} files", summary["total"], lines)
         lines.append("")
     limit = f", at most {summary['max_jets']:,} jets per file" if summary.get("max_jets") else ""
-    lines.append(f"(read in chunks of {summary['chunk_size']:,} jets{limit})")
+    item = summary["total"].get("item", "jet")
+    lines.append(f"(read in chunks of {summary['chunk_size']:,} {item}s{limit})")
     return "\n".join(lines)

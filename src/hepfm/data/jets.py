@@ -24,12 +24,20 @@ PARTICLE_FIELDS = (
     "dzval",
     "dzerr",
     "pid",
+    "object_type",  # events read as sets of objects: index into OBJECT_TYPES
+    "btag",  # ... and a jet object's b-tag score
 )
+#: Per-particle fields stored as integers (the rest are float32).
+INT_FIELDS = ("pid", "object_type")
 PID_FLAGS = ("isChargedHadron", "isNeutralHadron", "isPhoton", "isElectron", "isMuon")
 
 #: The ten JetClass classes, in the order of the ``label_*`` branches of the official files.
 JETCLASS_CLASSES = ("QCD", "Hbb", "Hcc", "Hgg", "H4q", "Hqql", "Zqq", "Wqq", "Tbqq", "Tbl")
 TOPTAG_CLASSES = ("QCD", "Top")
+#: The object types of an event read as a set of reconstructed objects (``JetChunk.particles
+#: ["object_type"]`` indexes this): the seed's leptons, hadronic taus, b-jets, light jets, missing pT,
+#: and photons where kept.
+OBJECT_TYPES = ("electron", "muon", "tau", "bjet", "jet", "met", "photon")
 #: JetClass-II's 188 classes, indexed by its integer ``jet_label`` (the class list of the dataset's
 #: own notebook, jet-universe/sophon ``notebooks/Interacting_with_JetClassII_and_Sophon.ipynb``, without
 #: the ``label_`` prefix): 0-14 two-prong resonances X -> ab, 15-160 X -> YY -> (3-4 prongs,

@@ -12,6 +12,9 @@ Formats (registry names):
     branches.
 ``jetclass-parquet``
     The same columns in a Parquet file (jagged ``part_*`` list columns), read with pyarrow.
+``nanoaod-events``
+    CMS NanoAOD events as sets of reconstructed objects (leptons, taus, b-jets, jets, MET): what a
+    NanoAOD file without PF candidates is read as, or any NanoAOD file as ``FILE:Events``.
 ``aspen-h5``
     Aspen Open Jets (CMS open-data AK8 jets): HDF5 with ``PFCands`` (n, 150, 11) and ``jet_kinematics``.
 ``nanoaod``
@@ -40,6 +43,7 @@ from hepfm.data.formats.hepfm_h5 import HepfmH5Source, HepfmH5Writer, write_hepf
 from hepfm.data.formats.jetclass_parquet import JetClassParquetSource, write_jetclass_parquet
 from hepfm.data.formats.jetclass_root import JetClassRootSource, write_jetclass
 from hepfm.data.formats.nanoaod import NanoAODJetSource, split_selector
+from hepfm.data.formats.nanoaod_events import NanoAODEventSource
 from hepfm.data.formats.toptag_h5 import TopTagH5Source, write_toptag
 from hepfm.data.jets import JetChunk
 from hepfm.data.validate import ROOT_ERRORS, one_line, read_errors
@@ -56,6 +60,7 @@ __all__ = [
     "JetClassParquetSource",
     "JetClassRootSource",
     "JetSource",
+    "NanoAODEventSource",
     "NanoAODJetSource",
     "TopTagH5Source",
     "detect_format",
@@ -73,6 +78,7 @@ FORMATS.add("jetclass-root", JetClassRootSource)
 FORMATS.add("jetclass-parquet", JetClassParquetSource)
 FORMATS.add("nanoaod", NanoAODJetSource)
 FORMATS.add("aspen-h5", AspenH5Source)
+FORMATS.add("nanoaod-events", NanoAODEventSource)
 
 #: Format name -> writer ``fn(path, chunks, metadata, **options) -> jets written``.
 WRITERS: Registry[Callable[..., int]] = Registry("output format")
@@ -85,7 +91,7 @@ WRITERS.add("jetclass-parquet", write_jetclass_parquet)
 _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 #: The container each built-in format lives in.
 _CONTAINERS = {"hepfm": "hdf5", "toptag-h5": "hdf5", "jetclass-root": "root", "jetclass-parquet": "parquet",
-               "nanoaod": "root", "aspen-h5": "hdf5"}
+               "nanoaod": "root", "aspen-h5": "hdf5", "nanoaod-events": "root"}
 _ARTICLE = {"hdf5": "an HDF5", "root": "a ROOT", "parquet": "a Parquet"}
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 ROOT_MAGIC = b"root"
@@ -168,6 +174,7 @@ def detect_format(path: str | Path) -> str:
 
     from hepfm.data.formats.jetclass_root import TREE, describe_root_keys, find_tree
     from hepfm.data.formats.nanoaod import EVENTS, constituent_maps, describe_nanoaod, find_events, flat_names
+    from hepfm.data.formats.nanoaod_events import is_nanoaod_events
 
     with read_errors(path, "opening the ROOT file", ROOT_ERRORS), uproot.open(path) as f:
         tree = find_tree(f)
@@ -179,9 +186,11 @@ def detect_format(path: str | Path) -> str:
             keys = flat_names(events.keys())
             if constituent_maps(keys):
                 return "nanoaod"
+            if is_nanoaod_events(keys):
+                return "nanoaod-events"
             raise HepfmInputError(
-                f"NanoAOD file ({EVENTS!r} tree) without jet constituents: {describe_nanoaod(keys)}; "
-                "jets with particles need PFNano or NanoAOD v15+ PF candidates",
+                f"NanoAOD file ({EVENTS!r} tree) with neither jet constituents nor Jet and MET objects: "
+                f"{describe_nanoaod(keys)}",
                 path,
             )
         found = describe_root_keys(f)
@@ -197,15 +206,22 @@ def open_source(path: str | Path, format: str | None = None, **options: Any) -> 
 
     ``options`` go to the reader: ``max_particles``, ``validate`` (default True: every ``read``
     checks its jets and raises on the first bad one) and ``skip_bad`` (drop bad jets instead).
-    ``path`` may end in a NanoAOD collection selector (``FILE:Jet``).
+    ``path`` may end in a NanoAOD selector: ``FILE:FatJet`` / ``FILE:Jet`` (jets with constituents),
+    ``FILE:Events`` (events as sets of objects).
     """
     text, collection = split_selector(os.path.expanduser(str(path)))
     path = Path(text)
     _check_file(path)
     if collection is not None:
-        if (format or detect_format(path)) != "nanoaod":
-            raise HepfmInputError(f"the ':{collection}' selector is for NanoAOD files only", path)
-        format, options = "nanoaod", {**options, "collection": collection}
+        wanted = "nanoaod-events" if collection == "Events" else "nanoaod"
+        if format is not None and format != wanted:
+            raise HepfmInputError(f"the ':{collection}' selector reads format {wanted!r}, not {format!r}",
+                                  path)
+        if _sniff(path) != "root":
+            raise HepfmInputError(f"the ':{collection}' selector is for NanoAOD (ROOT) files only", path)
+        format = wanted
+        if wanted == "nanoaod":
+            options = {**options, "collection": collection}
     if format is None:
         name = detect_format(path)
     else:

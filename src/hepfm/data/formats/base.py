@@ -142,6 +142,8 @@ class ValidatingSource:
     """
 
     format: str = ""
+    #: what one entry is: a jet of particles, or (events read as sets of objects) an event
+    item: str = "jet"
 
     def __init__(self, path: str | Path, *, validate: bool = True, skip_bad: bool = False) -> None:
         self.path = Path(path)

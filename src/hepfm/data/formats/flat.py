@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hepfm.data.jets import INT_FIELDS
+
 
 @dataclass
 class Padded:
@@ -21,7 +23,7 @@ class Padded:
     Attributes:
         p4: (n, n_slots, 4) float32 (px, py, pz, E), zero in empty slots.
         mask: (n, n_slots) bool, True = real particle.
-        particles: per-particle fields (n, n_slots), float32 (``pid``: int32).
+        particles: per-particle fields (n, n_slots), float32 (:data:`~hepfm.data.jets.INT_FIELDS`: int32).
         full: (n, 4) float64 four-vector sums of *all* the jets' particles if the cap dropped some, else None.
     """
 
@@ -102,7 +104,7 @@ def pad_particles(
     mask = np.arange(n_slots)[None, :] < kept[:, None]
     particles = {}
     for k in fields:
-        arr = np.zeros(n * n_slots, dtype=np.int32 if k == "pid" else np.float32)
+        arr = np.zeros(n * n_slots, dtype=np.int32 if k in INT_FIELDS else np.float32)
         arr[dst] = flat[f"f:{k}"]
         particles[k] = arr.reshape(n, n_slots)
     return Padded(p4=p4.reshape(n, n_slots, 4), mask=mask, particles=particles, full=full)

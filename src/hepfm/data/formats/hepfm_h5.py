@@ -14,7 +14,7 @@ Datasets (``n`` jets, ``N`` particle slots)::
     label         (n,)      int64     only if labeled (the reader also takes other numeric dtypes
                                       and one-hot (n, K) rows, as other tools write them; values
                                       that are not whole class indices are bad jets, never cast)
-    particles/<k> (n, N)    float32   one per per-particle field (``pid``: int32)
+    particles/<k> (n, N)    float32   one per per-particle field (``pid``, ``object_type``: int32)
     jets/<k>      (n, ...)  as given  one per per-jet field
 
 Every dataset is chunked along jets (``chunk_jets`` = 1024 by default, a divisor of the loaders'
@@ -53,7 +53,7 @@ import numpy as np
 
 from hepfm._version import __version__
 from hepfm.data.formats.base import ValidatingSource
-from hepfm.data.jets import FULL_JET_P4, JetChunk
+from hepfm.data.jets import FULL_JET_P4, INT_FIELDS, JetChunk
 from hepfm.data.validate import (
     labels_from_one_hot,
     labels_from_values,
@@ -526,7 +526,7 @@ class HepfmH5Writer:
                 f"{self._particle_keys}, jets {sorted(chunk.jets)} vs {self._jet_keys}"
             )
         for k, v in chunk.particles.items():
-            dtype = np.int32 if k == "pid" else np.float32
+            dtype = np.int32 if k in INT_FIELDS else np.float32
             rows[f"particles/{k}"] = padded(np.where(chunk.mask, v, 0).astype(dtype))
         for k, v in chunk.jets.items():
             rows[f"jets/{k}"] = np.asarray(v)

@@ -109,14 +109,14 @@ SCHEMES = (
 
 
 def split_selector(text: str) -> tuple[str, str | None]:
-    """``"f.root:Jet"`` -> ``("f.root", "Jet")``; anything else -> ``(text, None)``.
+    """``"f.root:Jet"`` -> ``("f.root", "Jet")`` (also ``FatJet``, ``Events``); else ``(text, None)``.
 
     A name that exists as a file is never split (a file may contain a colon).
     """
     head, sep, tail = text.rpartition(":")
     if not sep or not head or "/" in tail or Path(text).exists():
         return text, None
-    if tail in COLLECTIONS:
+    if tail in (*COLLECTIONS, "Events"):
         return head, tail
     return text, None
 
@@ -126,6 +126,19 @@ def flat_names(keys: Collection[str]) -> list[str]:
     subfield ``pt``, listed by uproot as ``Jet.pt``) answers to ``Jet_pt`` as well."""
     keys = list(keys)
     return keys + [k.replace(".", "_", 1) for k in keys if k.count(".") == 1]
+
+
+def read_events(events, start: int, stop: int, branches: list[str]) -> dict:
+    """``{name: array}`` of entries ``[start, stop)``; a record field ``Jet.pt`` answers to ``Jet_pt``."""
+    stored = set(events.keys())
+    direct = [b for b in branches if b in stored]
+    out = dict(events.arrays(direct, entry_start=start, entry_stop=stop, library="ak", how=dict,
+                             array_cache=None)) if direct else {}
+    for b in branches:
+        if b not in stored:
+            coll, _, sub = b.partition("_")
+            out[b] = events[f"{coll}.{sub}"].array(entry_start=start, entry_stop=stop, library="ak")
+    return out
 
 
 def find_events(f):
@@ -251,19 +264,6 @@ class NanoAODJetSource(ValidatingSource):
             + f" and {sum(k not in JET_FIELDS for k in self._jet_branches)} tagger scores",
         }
 
-    @staticmethod
-    def _read_events(events, start: int, stop: int, branches: list[str]) -> dict:
-        """``{name: array}`` of entries ``[start, stop)``; a record field ``Jet.pt`` answers to ``Jet_pt``."""
-        stored = set(events.keys())
-        direct = [b for b in branches if b in stored]
-        out = dict(events.arrays(direct, entry_start=start, entry_stop=stop, library="ak", how=dict,
-                                 array_cache=None)) if direct else {}
-        for b in branches:
-            if b not in stored:
-                coll, _, sub = b.partition("_")
-                out[b] = events[f"{coll}.{sub}"].array(entry_start=start, entry_stop=stop, library="ak")
-        return out
-
     def _build_index(self, events) -> None:
         """Which (event, jet) each jet of the file is: the jets with at least one mapped constituent."""
         import awkward as ak
@@ -273,7 +273,7 @@ class NanoAODJetSource(ValidatingSource):
         ev_parts, jet_parts = [], []
         for lo in range(0, n_events, INDEX_EVENTS):
             hi = min(lo + INDEX_EVENTS, n_events)
-            a = self._read_events(events, lo, hi, [f"{coll}_pt", f"{m}_jetIdx"])
+            a = read_events(events, lo, hi, [f"{coll}_pt", f"{m}_jetIdx"])
             n_jets = ak.to_numpy(ak.num(a[f"{coll}_pt"], axis=1)).astype(np.int64)
             jet_idx = a[f"{m}_jetIdx"]
             per_event = ak.to_numpy(ak.num(jet_idx, axis=1)).astype(np.int64)
@@ -334,7 +334,7 @@ class NanoAODJetSource(ValidatingSource):
             *cand_fields.values(), *(self._jet_branches[k] for k in jet_keys if k in self._jet_branches),
             *(k for k in jet_keys if k in self._event_branches),
         })
-        a = self._read_events(self._events(), e0, e1, branches)
+        a = read_events(self._events(), e0, e1, branches)
         n_ev = e1 - e0
         # global (within the read) numbering of jets and candidates
         n_jets = ak.to_numpy(ak.num(a[f"{coll}_pt"], axis=1)).astype(np.int64)
