@@ -140,6 +140,7 @@ class Dying(MeanLinear):
 @pytest.mark.parametrize(("optim", "streaming", "budget"), [
     ("adamw", False, {"max_steps": 20}),
     ("ranger", True, {"max_steps": None, "max_epochs": 6}),  # 6 x 7 batches // grad_accum 2 = 21 steps
+    ("sgd", False, {"max_steps": 20}),  # seed 003's optimizer: its momentum buffers resume too
 ])
 def test_exact_resume_after_interruption(tmp_path, optim, streaming, budget):
     """Through the production loader (200 jets, batch 32: 7 batches, the last one short, so steps straddle

@@ -11,6 +11,7 @@ family plus a config (a *preset*). ``-small`` presets are for CPU tests and quic
 | ``particle_net-lite``  | ParticleNet-Lite       | arXiv:1902.08570               |
 | ``pfn``                | ParticleFlowNetwork    | arXiv:1810.05165               |
 | ``sjt``                | SubjetTransformer      | arXiv:2412.05333, seed 001     |
+| ``event-transformer``  | Transformer (events)   | Kishimoto, seed 003 (~11M)     |
 
 Example:
     >>> from hepfm.models import create_backbone
@@ -70,6 +71,20 @@ _add(
     Transformer,
     TransformerConfig(model_dim=128, ffn_dim=256, output_dim=128),
     "JetCLR transformer for CPU (D=128, 4 layers)",
+)
+_add(
+    "event-transformer",
+    Transformer,
+    TransformerConfig(model_dim=384, num_heads=8, ffn_dim=1536, num_layers=6, output_dim=384,
+                      num_head_layers=1, pooling="mean"),
+    "event transformer over objects, seed 003 size (~11M params)",
+)
+_add(
+    "event-transformer-small",
+    Transformer,
+    TransformerConfig(model_dim=64, num_heads=4, ffn_dim=128, num_layers=2, output_dim=64,
+                      num_head_layers=1, pooling="mean"),
+    "event transformer for CPU (D=64, 2 layers)",
 )
 _add("particle_net", ParticleNet, ParticleNetConfig(), "ParticleNet, paper size")
 _add(

@@ -24,7 +24,7 @@ ObjectiveBuilder = Callable[..., Objective]
 OBJECTIVES: Registry[ObjectiveBuilder] = Registry("objective")
 
 #: modules that register objectives when imported
-OBJECTIVE_MODULES = ("jetclr", "mpm", "jepa", "supervised_pretrain", "composite")
+OBJECTIVE_MODULES = ("jetclr", "mpm", "jepa", "supervised_pretrain", "composite", "masked_object")
 
 
 def _import_all() -> None:

@@ -14,13 +14,15 @@ MONITOR_MODES = ("min", "max")
 
 @dataclass
 class OptimConfig:
-    name: str = "adamw"  # adamw | adam | radam | ranger (RAdam + Lookahead, ParT's choice)
+    name: str = "adamw"  # adamw | adam | radam | ranger (RAdam + Lookahead, ParT's choice) | sgd (seed 003's)
     lr: float = 1e-3
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8  # JetCLR at scale used Adam eps 1e-4 with AMP
     lookahead_k: int = 6
     lookahead_alpha: float = 0.5
+    momentum: float = 0.9  # sgd only (with the cosine schedule: seed 003's SGD + CosineAnnealingLR)
+    nesterov: bool = False
 
     def __post_init__(self) -> None:
         from hepfm.training.optim import OPTIMIZERS  # the registry is the list of names (lazy: it imports us)
@@ -34,6 +36,9 @@ class OptimConfig:
         require(self.lookahead_k >= 1, "train.optim.lookahead_k", "must be >= 1", self.lookahead_k)
         require(0 < self.lookahead_alpha <= 1, "train.optim.lookahead_alpha", "must be in (0, 1]",
                 self.lookahead_alpha)
+        require(0 <= self.momentum < 1, "train.optim.momentum", "must be in [0, 1)", self.momentum)
+        require(not self.nesterov or self.momentum > 0, "train.optim.nesterov", "needs momentum > 0",
+                self.nesterov)
 
 
 @dataclass

@@ -92,6 +92,7 @@ OPTIMIZERS.add("adam", lambda g, c: torch.optim.Adam(g, lr=c.lr, betas=c.betas, 
 OPTIMIZERS.add(
     "radam", lambda g, c: torch.optim.RAdam(g, lr=c.lr, betas=c.betas, eps=c.eps, decoupled_weight_decay=True)
 )
+OPTIMIZERS.add("sgd", lambda g, c: torch.optim.SGD(g, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov))
 OPTIMIZERS.add(
     "ranger",
     lambda g, c: Lookahead(
