@@ -18,7 +18,7 @@ from hepfm.data.loader import make_loader
 from hepfm.errors import HepfmInputError
 from hepfm.models import create_backbone
 from hepfm.objectives.masked_object import MaskedObjectConfig, MaskedObjectType, pick_one
-from hepfm.objectives.registry import create_objective
+from hepfm.objectives.registry import create_objective, objective_input
 from hepfm.physics.lorentz import LorentzConfig, boost_z, flip_z, rotate_azimuth
 
 
@@ -131,6 +131,8 @@ def test_masked_object_hides_the_replaced_object(event_files):
 
 
 def test_masked_object_needs_the_objects_feature_set():
+    assert objective_input("masked-object") == "events"
+    assert objective_input("mpm") == "jets"
     fs = get_feature_set("kin")
     with pytest.raises(HepfmInputError, match="masked-object needs events with object types"):
         create_objective("masked-object", lambda: create_backbone("event-transformer-small", fs.dim), fs)

@@ -166,3 +166,6 @@ def build(backbone_factory: BackboneFactory, feature_set: FeatureSet, *, max_par
         raise HepfmInputError(f"masked-object: the backbone takes {backbone.in_features} features, feature "
                               f"set {feature_set.name!r} has {feature_set.dim}")
     return MaskedObjectType(backbone, feature_set, config)
+
+
+build.input_kind = "events"  # type: ignore[attr-defined]

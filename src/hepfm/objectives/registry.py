@@ -56,6 +56,13 @@ def objective_needs_labels(name: str, options: dict[str, Any] | None = None) -> 
     return bool(getattr(builder, "needs_labels", False))
 
 
+def objective_input(name: str) -> str:
+    """What the objective trains on: ``jets`` (sets of particles), or ``events`` (sets of reconstructed
+    objects with their types, feature set ``objects``), as its builder's ``input_kind`` says."""
+    _import_all()
+    return str(getattr(OBJECTIVES.get(name), "input_kind", "jets"))
+
+
 def objective_names() -> list[str]:
     _import_all()
     return OBJECTIVES.names()
