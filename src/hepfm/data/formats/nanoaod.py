@@ -172,7 +172,22 @@ def describe_nanoaod(keys: Collection[str]) -> str:
     return f"{what}; collections: {', '.join(colls[:20]) or 'none'}"
 
 
-class NanoAODJetSource(ValidatingSource):
+class NanoAODSource(ValidatingSource):
+    """The base of the NanoAOD readers: the file, and its ``Events`` tree (TTree or RNTuple)."""
+
+    def _open(self):
+        import uproot
+
+        return uproot.open(self.path)
+
+    def _events(self):
+        events = find_events(self._file())
+        if events is None:
+            raise HepfmInputError(f"no TTree or RNTuple {EVENTS!r} (NanoAOD)", self.path)
+        return events
+
+
+class NanoAODJetSource(NanoAODSource):
     """Jets of one NanoAOD collection with their PF constituents (see the module docstring).
 
     Args:
@@ -199,17 +214,6 @@ class NanoAODJetSource(ValidatingSource):
         self.max_particles = max_particles
         with read_errors(self.path, "reading the NanoAOD Events tree", ROOT_ERRORS):
             self._init_layout(collection, puppi_weight)
-
-    def _open(self):
-        import uproot
-
-        return uproot.open(self.path)
-
-    def _events(self):
-        events = find_events(self._file())
-        if events is None:
-            raise HepfmInputError(f"no TTree or RNTuple {EVENTS!r} (NanoAOD)", self.path)
-        return events
 
     # -- layout ------------------------------------------------------------------------------
     def _init_layout(self, collection: str | None, puppi_weight: bool | None) -> None:

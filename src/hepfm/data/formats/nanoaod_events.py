@@ -32,9 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hepfm.data.formats.base import ValidatingSource
 from hepfm.data.formats.flat import pad_particles
-from hepfm.data.formats.nanoaod import EVENTS, find_events, flat_names, read_events
+from hepfm.data.formats.nanoaod import NanoAODSource, flat_names, read_events
 from hepfm.data.jets import OBJECT_TYPES, JetChunk
 from hepfm.data.validate import ROOT_ERRORS, read_errors, select_fields
 from hepfm.errors import HepfmInputError
@@ -92,7 +91,7 @@ def is_nanoaod_events(keys: Collection[str]) -> bool:
     return "Jet_pt" in names and any(f"{m}_pt" in names for m in MET_NAMES)
 
 
-class NanoAODEventSource(ValidatingSource):
+class NanoAODEventSource(NanoAODSource):
     """NanoAOD events as sets of objects (see the module docstring); one entry per event.
 
     Args:
@@ -119,17 +118,6 @@ class NanoAODEventSource(ValidatingSource):
         self.photons = photons
         with read_errors(self.path, "reading the NanoAOD Events tree", ROOT_ERRORS):
             self._init_layout()
-
-    def _open(self):
-        import uproot
-
-        return uproot.open(self.path)
-
-    def _events(self):
-        events = find_events(self._file())
-        if events is None:
-            raise HepfmInputError(f"no TTree or RNTuple {EVENTS!r} (NanoAOD)", self.path)
-        return events
 
     def _init_layout(self) -> None:
         events = self._events()
