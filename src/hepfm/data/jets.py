@@ -228,6 +228,13 @@ def pt_eta_phi(p4: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return pt, eta, phi
 
 
+def from_pt_eta_phi_m(pt: np.ndarray, eta: np.ndarray, phi: np.ndarray,
+                      mass: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(px, py, pz, E) from pT, pseudorapidity, azimuth and mass (how CMS files store objects)."""
+    px, py, pz = pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta)
+    return px, py, pz, np.sqrt(px * px + py * py + pz * pz + mass * mass)
+
+
 def kinematics(p4: np.ndarray) -> dict[str, np.ndarray]:
     """pt, eta, phi, energy, mass of (n, 4) four-vectors (px, py, pz, E); zero-pT safe."""
     px, py, pz, e = p4.T

@@ -34,7 +34,8 @@ import numpy as np
 
 from hepfm.data.formats.base import ValidatingSource
 from hepfm.data.formats.flat import pad_particles
-from hepfm.data.jets import FULL_JET_P4, PID_FLAGS, JetChunk, pid_flags
+from hepfm.data.formats.nanoaod import IMPACT_FIELDS, candidate_fields
+from hepfm.data.jets import FULL_JET_P4, PID_FLAGS, JetChunk
 from hepfm.data.validate import read_errors, select_fields
 from hepfm.errors import HepfmInputError
 
@@ -44,8 +45,6 @@ CANDIDATE_COLUMNS = ("px", "py", "pz", "E", "d0", "d0Err", "dz", "dzErr", "charg
 #: ``JetChunk.particles`` name -> ``PFCands`` column.
 PARTICLE_COLUMNS = {"charge": "charge", "pid": "pdgId", "d0val": "d0", "d0err": "d0Err", "dzval": "dz",
                     "dzerr": "dzErr"}
-IMPACT_FIELDS = ("d0val", "d0err", "dzval", "dzerr")
-CM_TO_MM = 10.0
 #: dataset -> the ``JetChunk.jets`` names of its columns, in order.
 JET_DATASETS = {
     "jet_kinematics": ("jet_pt", "jet_eta", "jet_phi", "jet_sdmass"),
@@ -152,15 +151,10 @@ class AspenH5Source(ValidatingSource):
         p4 = cands[:, :4].astype(np.float64)
         if self.puppi_weight:
             p4 *= cands[:, col["puppiWeight"], None]
-        extra = {k: cands[:, col[c]] for k, c in PARTICLE_COLUMNS.items()}
-        extra["pid"] = np.rint(extra["pid"]).astype(np.int32)
-        neutral = extra["charge"] == 0
-        for k in IMPACT_FIELDS:
-            extra[k] = np.where(neutral, np.float32(0.0), extra[k] * np.float32(CM_TO_MM))
-        if want & set(PID_FLAGS):
-            extra.update(pid_flags(extra["pid"], extra["charge"]))
-        padded = pad_particles(offsets, [p4[:, 0], p4[:, 1], p4[:, 2], p4[:, 3]],
-                               {k: v for k, v in extra.items() if k in want}, self.max_particles)
+        raw = {k: cands[:, col[c]] for k, c in PARTICLE_COLUMNS.items()}
+        raw["pid"] = np.rint(raw["pid"]).astype(np.int32)
+        padded = pad_particles(offsets, [p4[:, 0], p4[:, 1], p4[:, 2], p4[:, 3]], candidate_fields(raw, want),
+                               self.max_particles)
         if padded.full is not None:
             jets[FULL_JET_P4] = padded.full
         for k in ("run", "luminosityBlock", "event", "jet_nconstituents"):

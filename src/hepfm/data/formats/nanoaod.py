@@ -45,7 +45,7 @@ import numpy as np
 
 from hepfm.data.formats.base import ValidatingSource
 from hepfm.data.formats.flat import pad_particles
-from hepfm.data.jets import FULL_JET_P4, PID_FLAGS, JetChunk, pid_flags
+from hepfm.data.jets import FULL_JET_P4, PID_FLAGS, JetChunk, from_pt_eta_phi_m, pid_flags
 from hepfm.data.validate import ROOT_ERRORS, read_errors, select_fields
 from hepfm.errors import HepfmInputError
 
@@ -106,6 +106,26 @@ SCHEMES = (
     ConstituentScheme("PFNano", "PFCands", "PFCands", "pFCandsIdx"),
     ConstituentScheme("NanoAOD v15", "PFCand", "PFCand", "pfCandIdx"),
 )
+
+
+def candidate_fields(raw: dict[str, np.ndarray], want: Collection[str]) -> dict[str, np.ndarray]:
+    """CMS PF-candidate columns as the per-particle fields ``want`` (NanoAOD and Aspen Open Jets alike).
+
+    ``raw`` holds the file's columns under their JetClass names (``charge``, ``pid`` = pdgId,
+    ``d0val``, ``d0err``, ``dzval``, ``dzerr`` in cm). The charge comes from pdgId where the file has
+    none; impact parameters are converted to mm and set to 0 for neutral candidates (no track); the
+    five PID flags come from pdgId.
+    """
+    out = dict(raw)
+    if "charge" not in out and "pid" in out:
+        out["charge"] = charge_from_pdg_id(out["pid"])
+    for k in IMPACT_FIELDS:
+        if k in out:
+            v = out[k].astype(np.float32) * np.float32(CM_TO_MM)
+            out[k] = np.where(out["charge"] != 0, v, np.float32(0.0)) if "charge" in out else v
+    if set(want) & set(PID_FLAGS):
+        out.update(pid_flags(out["pid"], out["charge"]))
+    return {k: v for k, v in out.items() if k in want}
 
 
 def split_selector(text: str) -> tuple[str, str | None]:
@@ -368,30 +388,20 @@ class NanoAODJetSource(NanoAODSource):
         def flat(branch: str) -> np.ndarray:
             return ak.to_numpy(ak.flatten(a[branch]))
 
-        pt, eta, phi, mass = (flat(b).astype(np.float64)[cand] for b in momentum)
+        # the constituents of the jets read, grouped by jet: gather each column once, for them only
         keep = row >= 0
         if self.puppi_weight:
             w = flat(weight[0]).astype(np.float64)[cand]
-            pt, mass = pt * w, mass * w
             keep &= w > 0
-        order = np.argsort(row[keep], kind="stable")
-        sel = np.flatnonzero(keep)[order]
+        sel = np.flatnonzero(keep)[np.argsort(row[keep], kind="stable")]
         counts = np.bincount(row[sel], minlength=stop - start)
         offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        pt, eta, phi, mass = pt[sel], eta[sel], phi[sel], mass[sel]
-        px, py, pz = pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta)
-        energy = np.sqrt(px * px + py * py + pz * pz + mass * mass)
-        extra = {k: flat(b)[cand[sel]] for k, b in cand_fields.items()}
-        if "charge" in need and "charge" not in extra and "pid" in extra:
-            extra["charge"] = charge_from_pdg_id(extra["pid"])
-        for k in IMPACT_FIELDS:
-            if k in extra:
-                v = extra[k].astype(np.float32) * np.float32(CM_TO_MM)
-                extra[k] = np.where(extra["charge"] != 0, v, np.float32(0.0)) if "charge" in extra else v
-        if want & set(PID_FLAGS):
-            extra.update(pid_flags(extra["pid"], extra["charge"]))
-        extra = {k: v for k, v in extra.items() if k in want}
-        padded = pad_particles(offsets, [px, py, pz, energy], extra, self.max_particles)
+        src = cand[sel]
+        pt, eta, phi, mass = (flat(b).astype(np.float64)[src] for b in momentum)
+        if self.puppi_weight:
+            pt, mass = pt * w[sel], mass * w[sel]
+        extra = candidate_fields({k: flat(b)[src] for k, b in cand_fields.items()}, want)
+        padded = pad_particles(offsets, from_pt_eta_phi_m(pt, eta, phi, mass), extra, self.max_particles)
         jets: dict[str, np.ndarray] = {}
         for k in jet_keys:
             if k in self._event_branches:

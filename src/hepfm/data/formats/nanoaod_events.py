@@ -34,7 +34,7 @@ import numpy as np
 
 from hepfm.data.formats.flat import pad_particles
 from hepfm.data.formats.nanoaod import NanoAODSource, flat_names, read_events
-from hepfm.data.jets import OBJECT_TYPES, JetChunk
+from hepfm.data.jets import OBJECT_TYPES, JetChunk, from_pt_eta_phi_m
 from hepfm.data.validate import ROOT_ERRORS, read_errors, select_fields
 from hepfm.errors import HepfmInputError
 
@@ -252,14 +252,11 @@ class NanoAODEventSource(NanoAODSource):
         order = np.argsort(np.concatenate(event_of), kind="stable")  # group by event
         flat = {k: np.concatenate(v)[order] for k, v in columns.items()}
         offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        pt, eta, phi, mass = flat["pt"], flat["eta"], flat["phi"], flat["mass"]
-        px, py, pz = pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta)
-        energy = np.sqrt(px * px + py * py + pz * pz + mass * mass)
+        p4 = from_pt_eta_phi_m(flat["pt"], flat["eta"], flat["phi"], flat["mass"])
         want = set(select_fields(list(self.particle_fields), fields))
         extra = {"charge": flat["charge"].astype(np.float32), "object_type": flat["type"].astype(np.int32),
                  "btag": flat["btag"].astype(np.float32)}
-        padded = pad_particles(offsets, [px, py, pz, energy], {k: v for k, v in extra.items() if k in want},
-                               self.max_particles)
+        padded = pad_particles(offsets, p4, {k: v for k, v in extra.items() if k in want}, self.max_particles)
         jets: dict[str, np.ndarray] = {b: ak.to_numpy(a[b]).astype(np.int64) for b in self._event_branches
                                        if jet_fields is None or b in jet_fields}
         return JetChunk(p4=padded.p4, mask=padded.mask, particles=padded.particles, jets=jets)
