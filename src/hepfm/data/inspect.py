@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from hepfm.data.jets import OBJECT_TYPES
 from hepfm.data.validate import check_chunk, merge_counts
 
 #: Jets per read.
@@ -141,8 +142,6 @@ class _Stats:
             kin = chunk.jet_kinematics()
         self.nconst.add(chunk.n_particles)
         if "object_type" in chunk.particles:
-            from hepfm.data.jets import OBJECT_TYPES
-
             types = chunk.particles["object_type"][chunk.mask]
             counts = np.bincount(types, minlength=len(OBJECT_TYPES))[: len(OBJECT_TYPES)]
             self.object_types = counts if self.object_types is None else self.object_types + counts
@@ -179,8 +178,6 @@ class _Stats:
         """Mean objects per event of each type (events read as sets of objects), else None."""
         if self.object_types is None or self.n_good == 0:
             return None
-        from hepfm.data.jets import OBJECT_TYPES
-
         return {k: float(v) / self.n_good for k, v in zip(OBJECT_TYPES, self.object_types, strict=True)}
 
 

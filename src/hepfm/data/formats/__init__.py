@@ -217,9 +217,7 @@ def open_source(path: str | Path, format: str | None = None, **options: Any) -> 
         if format is not None and format != wanted:
             raise HepfmInputError(f"the ':{collection}' selector reads format {wanted!r}, not {format!r}",
                                   path)
-        if _sniff(path) != "root":
-            raise HepfmInputError(f"the ':{collection}' selector is for NanoAOD (ROOT) files only", path)
-        format = wanted
+        format = wanted  # the container check below refuses a file that is not ROOT
         if wanted == "nanoaod":
             options = {**options, "collection": collection}
     if format is None:

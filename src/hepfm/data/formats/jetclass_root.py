@@ -362,9 +362,9 @@ class JetClassColumnsSource(ValidatingSource):
     def _read_metadata(self) -> dict:
         return {}
 
-    def _container(self) -> str:
+    def _container(self) -> str:  # pragma: no cover - overridden
         """What holds the columns, for ``hepfm inspect``."""
-        return type(self._cols()).__name__
+        raise NotImplementedError
 
     def _cols(self) -> ColumnTable:
         """The table of the current file handle (rebuilt after a reopen, e.g. in a forked worker)."""
