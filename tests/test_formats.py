@@ -84,7 +84,7 @@ def toptag_dataframe(chunk: JetChunk, n_slots: int, labeled: bool = True) -> pd.
 
 # -- registries --------------------------------------------------------------------------------
 def test_registries_names():
-    assert set(WRITERS.names()) == {"hepfm", "toptag-h5", "jetclass-root", "jetclass-parquet"}
+    assert set(WRITERS.names()) == {"hepfm", "toptag-h5", "jetclass-root", "jetclass-parquet", "nanoaod"}
     assert set(FORMATS.names()) == {"hepfm", "toptag-h5", "jetclass-root", "jetclass-parquet", "nanoaod",
                                     "aspen-h5", "nanoaod-events"}
     with pytest.raises(HepfmInputError, match="unknown output format"):

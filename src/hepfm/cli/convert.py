@@ -14,11 +14,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
     p = subparsers.add_parser(
         "convert",
-        help="convert jet files between hepfm HDF5, Top Tagging HDF5 and JetClass ROOT",
+        help="convert jet files between hepfm HDF5, Top Tagging HDF5 and JetClass ROOT, events to NanoAOD",
         description=(
             "Stream jets from one or more files (any supported format, detected from the content) "
             "into one file in another format, e.g. a JetClass-layout ROOT file that weaver-core "
-            "reads. Bad jets are an error; the output appears only when complete."
+            "reads, or events of reconstructed objects into a NanoAOD-like ROOT file (--to nanoaod). "
+            "Bad jets are an error; the output appears only when complete."
         ),
     )
     p.add_argument("inputs", nargs="+", metavar="IN", help="input files or glob patterns")
@@ -38,5 +39,6 @@ def run(args: argparse.Namespace) -> int:
         json.dump(summary, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        print(f"wrote {summary['n_jets']} jets to {summary['out']} ({summary['format']})")
+        item = "events" if summary["format"] == "nanoaod" else "jets"
+        print(f"wrote {summary['n_jets']} {item} to {summary['out']} ({summary['format']})")
     return 0

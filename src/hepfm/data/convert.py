@@ -1,4 +1,5 @@
-"""Convert jet files between the supported formats (hepfm HDF5, Top Tagging HDF5, JetClass ROOT).
+"""Convert jet files between the supported formats (hepfm HDF5, Top Tagging HDF5, JetClass ROOT), and
+events of reconstructed objects to NanoAOD-like ROOT (``--to nanoaod``).
 
 Why: the same jets in the layout another tool reads lets it train on exactly our files (e.g.
 weaver-core on a JetClass-layout ROOT file, see ``benchmarks/side_by_side_part.py``), and public
@@ -11,9 +12,11 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+
 from hepfm.data.formats import expand_patterns, open_source, write_jets
 from hepfm.data.formats.base import read_selected
-from hepfm.data.jets import JetChunk
+from hepfm.data.jets import OBJECT_TYPES, JetChunk
 from hepfm.errors import HepfmInputError
 from hepfm.io import check_output_file, output_lock
 
@@ -52,6 +55,11 @@ def convert_files(
 def _convert(paths: list[Path], out: Path, format: str, max_jets: int | None, chunk_jets: int) -> dict:
     """:func:`convert_files` once its output is checked and locked."""
     sources = [open_source(p, max_particles=None) for p in paths]  # every particle, no cap
+    if format == "nanoaod":  # NanoAOD collections hold objects of events, not particles of jets
+        for s in sources:
+            if "object_type" not in getattr(s, "particle_fields", ()):
+                raise HepfmInputError("has no per-object 'object_type': not events of reconstructed objects, "
+                                      "which is what --to nanoaod writes", s.path)
     labeled = [s for s in sources if s.has_labels]
     if labeled and len(labeled) < len(sources):
         unlabeled = next(s for s in sources if not s.has_labels)
@@ -88,6 +96,8 @@ def _convert(paths: list[Path], out: Path, format: str, max_jets: int | None, ch
     options = {}
     if format == "hepfm":  # fixed slots per file: the longest jet of all inputs
         options["max_particles"] = _longest_jet(sources, total, chunk_jets)
+    elif format == "nanoaod":  # the Photon branches exist or not from the first event on
+        options["photons"] = _has_photons(sources, total, chunk_jets)
     metadata = {
         "converted_from": [
             {"path": str(s.path), "format": s.format, "n_jets": len(s),
@@ -117,3 +127,22 @@ def _longest_jet(sources: list, total: int, chunk_jets: int) -> int:
             left -= len(chunk)
             longest = max(longest, int(chunk.n_particles.max(initial=0)))
     return max(longest, 1)
+
+
+def _has_photons(sources: list, total: int, chunk_jets: int) -> bool:
+    """Whether an event among the first ``total`` of ``sources`` has a photon object (a pass over the
+    object types; NanoAOD events opened without photons, as here, have none and are not read)."""
+    left, photon = total, OBJECT_TYPES.index("photon")
+    for src in sources:
+        if getattr(src, "photons", None) is False:
+            left -= len(src)
+            continue
+        for start in range(0, len(src), chunk_jets):
+            if left <= 0:
+                return False
+            stop = min(len(src), start + chunk_jets, start + left)
+            chunk = read_selected(src, start, stop, ("object_type",), ())
+            left -= len(chunk)
+            if np.any(chunk.particles["object_type"][chunk.mask] == photon):
+                return True
+    return False

@@ -20,7 +20,9 @@ Formats (registry names):
 ``nanoaod``
     Jets with their PF constituents from CMS NanoAOD / PFNano (an ``Events`` TTree or RNTuple with
     ``PFCands_*``/``PFCand_*`` and the jet-to-candidate index maps); ``FILE:Jet`` or
-    ``FILE:FatJet`` picks the collection.
+    ``FILE:FatJet`` picks the collection. As a *writer* name, ``nanoaod`` writes events of objects
+    as a NanoAOD-like ``Events`` tree (:mod:`~hepfm.data.formats.nanoaod_writer`), which is read
+    back as ``nanoaod-events``.
 
 The format of a file is decided from its content, never from its extension: HDF5, ROOT and Parquet
 by their magic bytes, then by structure (hepfm attributes, a pandas ``table`` key, a TTree or RNTuple
@@ -44,6 +46,7 @@ from hepfm.data.formats.jetclass_parquet import JetClassParquetSource, write_jet
 from hepfm.data.formats.jetclass_root import JetClassRootSource, write_jetclass
 from hepfm.data.formats.nanoaod import NanoAODJetSource, split_selector
 from hepfm.data.formats.nanoaod_events import NanoAODEventSource
+from hepfm.data.formats.nanoaod_writer import write_nanoaod_events
 from hepfm.data.formats.toptag_h5 import TopTagH5Source, write_toptag
 from hepfm.data.jets import JetChunk
 from hepfm.data.validate import ROOT_ERRORS, one_line, read_errors
@@ -86,6 +89,7 @@ WRITERS.add("hepfm", write_hepfm)
 WRITERS.add("toptag-h5", write_toptag)
 WRITERS.add("jetclass-root", write_jetclass)
 WRITERS.add("jetclass-parquet", write_jetclass_parquet)
+WRITERS.add("nanoaod", write_nanoaod_events)  # events of objects, read back as nanoaod-events
 
 #: Write errors that mean "no room": disk full, quota, file-size limit.
 _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
@@ -283,7 +287,8 @@ def write_jets(
     The file appears atomically (temporary sibling + rename); on an error no partial file is left,
     and a full disk (or quota, or file-size limit) is an ``OSError`` with its errno naming ``path``.
     ``options`` go to the writer (``max_particles``/``chunk_jets`` for hepfm, ``n_slots`` for
-    toptag-h5, ``basket_jets`` for jetclass-root, ``row_group_jets`` for jetclass-parquet).
+    toptag-h5, ``basket_jets`` for jetclass-root, ``row_group_jets`` for jetclass-parquet,
+    ``photons``/``basket_events`` for nanoaod).
     """
     writer = WRITERS.get(format)
     path = Path(path).expanduser()
