@@ -1,4 +1,4 @@
-"""``hepfm generate``: labeled (or unlabeled) jets from Pythia 8 + FastJet."""
+"""``hepfm generate``: labeled (or unlabeled) jets, or whole events of objects, from Pythia 8 + FastJet."""
 
 from __future__ import annotations
 
@@ -17,13 +17,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "generate",
-        help="generate Top-Tagging-like or JetClass-like jets with Pythia 8 + FastJet",
-        description="Generate jets with Pythia 8 + FastJet, offline. The same --seed and options give "
-        "the same file whatever --workers is. An interrupted run resumes from <out>.parts/.",
-        epilog="example: hepfm generate toptag --n-jets 10000 --out top.h5 --workers 2 --seed 1",
+        help="generate Top-Tagging-like or JetClass-like jets, or events of objects, with Pythia 8 + FastJet",
+        description="Generate jets (toptag, jetclass) or whole events as sets of reconstructed objects "
+        "(tth, tth-2l, hplus-tb, hplus-hw: signal vs tt+jets; collision: the unlabeled SM mixture) with "
+        "Pythia 8 + FastJet, offline. The same --seed and options give the same file whatever --workers "
+        "is. An interrupted run resumes from <out>.parts/.",
+        epilog="examples: hepfm generate toptag --n-jets 10000 --out top.h5 --workers 2 --seed 1; "
+        "hepfm generate collision --n-events 5000 --unlabeled --detector cms --out data.h5",
     )
-    p.add_argument("dataset", choices=DATASETS.names(), help="which public dataset to imitate")
-    p.add_argument("--n-jets", type=int, required=True, help="total number of jets (all classes)")
+    p.add_argument("dataset", choices=DATASETS.names(), help="which dataset (jets) or task (events) to make")
+    p.add_argument("--n-jets", "--n-events", dest="n_jets", type=int, required=True,
+                   help="total number of jets (all classes); of events for the event datasets")
+    p.add_argument("--pilot-events", type=int, default=2000, metavar="N",
+                   help="events per class generated first to measure cross-section x acceptance "
+                        "(datasets mixed by cross-section: collision; default 2000)")
     p.add_argument("--out", required=True, help="output file")
     p.add_argument("--format", dest="fmt", default="hepfm", choices=sorted(WRITERS.names()),
                    help="hepfm's HDF5 (default), or the public layouts themselves")
@@ -63,6 +70,7 @@ def parse_mix(text: str) -> dict[str, float]:
 
 def run(args: argparse.Namespace) -> int:
     from hepfm.generation.job import GenerationJob, run_job
+    from hepfm.generation.processes import DATASETS
 
     if args.workers < 1:
         raise HepfmInputError(f"--workers must be >= 1, got {args.workers}")
@@ -70,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         dataset=args.dataset, n_jets=args.n_jets, out=args.out, seed=args.seed, detector=args.detector,
         fmt=args.fmt, labeled=not args.unlabeled, mix=parse_mix(args.mix), shard_size=args.shard_size,
         batch_events=args.batch_events, extra_settings=tuple(args.extra), pileup=args.pileup,
-        pileup_library=args.pileup_library,
+        pileup_library=args.pileup_library, pilot_events=args.pilot_events,
     )
     summary = run_job(job, workers=args.workers, restart=args.restart, progress=not args.no_progress)
     if args.json:
@@ -78,11 +86,13 @@ def run(args: argparse.Namespace) -> int:
                           "timing": summary["timing"]}, indent=2))
     else:
         pileup = f", pileup={job.pileup:g}" if job.pileup else ""
-        print(f"wrote {job.n_jets} jets to {job.out} ({args.fmt}, detector={args.detector}{pileup}, "
+        item = "events" if DATASETS.get(job.dataset).events is not None else "jets"
+        print(f"wrote {job.n_jets} {item} to {job.out} ({args.fmt}, detector={args.detector}{pileup}, "
               f"{'labeled' if job.labeled else 'unlabeled'})")
         for c, t in summary["timing"].items():
             print(
-                f"  {c:6s} {summary['class_counts'][c]:8d} jets  {t['jets_per_s_per_core']:7.1f} jets/s/core"
+                f"  {c:6s} {summary['class_counts'][c]:8d} {item}  {t['jets_per_s_per_core']:7.1f} "
+                f"{item}/s/core"
                 f"  pass fraction {t['pass_fraction']:.3f}",
                 file=sys.stdout,
             )

@@ -306,6 +306,9 @@ def _render_block(title: str, s: dict[str, Any], lines: list[str]) -> None:
         lines.append(row.format("labeled", f"yes: {counts}{note}"))
     else:
         lines.append(row.format("labeled", "no"))
+    processes = (s.get("metadata") or {}).get("class_counts")
+    if processes and not s["labeled"]:  # an unlabeled generated mixture: what it was made of
+        lines.append(row.format("processes", "  ".join(f"{k} {v:,}" for k, v in processes.items())))
     c = s["constituents"]
     if c:
         lines.append(

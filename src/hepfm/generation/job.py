@@ -42,13 +42,14 @@ from hepfm.generation.pileup import (
     minbias_settings,
     reach_rapidity,
 )
-from hepfm.generation.processes import DATASETS, PROCESSES
+from hepfm.generation.processes import DATASETS, PROCESSES, DatasetSpec
 from hepfm.generation.worker import (
     PILEUP_STREAM,
     ShardTask,
     check_pythia_settings,
     pythia_seed,
     pythia_settings,
+    run_pilot,
     run_shard,
 )
 from hepfm.io import atomic_path, check_output_file, is_output_error, output_lock, write_json_atomic
@@ -73,6 +74,10 @@ class GenerationJob:
     extra_settings: tuple[str, ...] = ()
     pileup: float = 0.0  # mean number of min-bias interactions overlaid per hard event; 0 = none
     pileup_library: int = DEFAULT_LIBRARY  # pre-generated min-bias events per worker; 0 = fresh ones
+    # Events per class generated first to measure cross-section x acceptance (datasets mixed by
+    # cross-section only, e.g. "collision"); the measured pilots, set by run_job, decide the class counts.
+    pilot_events: int = 2000
+    pilots: dict[str, dict] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -91,6 +96,10 @@ class GenerationJob:
         if self.pileup_library < 0:
             raise HepfmInputError(f"--pileup-library must be >= 0, got {self.pileup_library}")
         self.pileup = float(self.pileup)
+        if spec.events is not None and self.pileup:
+            raise HepfmInputError(f"--pileup is for jet datasets; {self.dataset} generates whole events")
+        if self.pilot_events <= 0:
+            raise HepfmInputError(f"--pilot-events must be positive, got {self.pilot_events}")
         unknown = set(self.mix) - set(spec.class_names)
         if unknown:
             raise HepfmInputError(
@@ -102,9 +111,28 @@ class GenerationJob:
         self.extra_settings = tuple(self.extra_settings)
         check_pythia_settings(self.extra_settings)
 
+    @property
+    def by_xsec(self) -> bool:
+        """Whether the class mixture follows the measured cross-sections (no --mix given)."""
+        return DATASETS.get(self.dataset).xsec_mix and not self.mix
+
+    def class_weights(self) -> dict[str, float]:
+        """Relative class shares: --mix, cross-section x acceptance from the pilots, or balanced."""
+        names = DATASETS.get(self.dataset).class_names
+        if self.by_xsec:
+            if set(self.pilots) != set(names):
+                raise RuntimeError("class counts by cross-section need the pilot runs first")
+            return {c: self.pilots[c]["sigma_pb"] * self.pilots[c]["accepted"] / self.pilots[c]["events"]
+                    for c in names}
+        return {c: self.mix.get(c, 0.0) if self.mix else 1.0 for c in names}
+
     def class_counts(self) -> dict[str, int]:
         names = DATASETS.get(self.dataset).class_names
-        w = np.array([self.mix.get(c, 0.0) if self.mix else 1.0 for c in names], dtype=float)
+        weights = self.class_weights()
+        w = np.array([weights[c] for c in names], dtype=float)
+        if w.sum() <= 0:
+            raise HepfmInputError(f"no event of any class passed the selection in {self.pilot_events} "
+                                  "pilot events per class")
         exact = self.n_jets * w / w.sum()
         counts = np.floor(exact).astype(int)
         for i in np.argsort(-(exact - counts), kind="stable")[: self.n_jets - counts.sum()]:
@@ -131,6 +159,9 @@ class GenerationJob:
         d = asdict(self)
         d.pop("out")
         d.pop("fmt")
+        d.pop("pilots")
+        if not DATASETS.get(self.dataset).xsec_mix:
+            d.pop("pilot_events")
         if not self.pileup:  # no overlay: the library size is moot, and older manifests still match
             d.pop("pileup")
             d.pop("pileup_library")
@@ -166,12 +197,9 @@ def provenance(job: GenerationJob, stats: dict[str, dict]) -> dict:
             for c, p in spec.classes.items()
         },
         "seeds": "Random:seed of each shard = SeedSequence([seed, class index, shard index]) mod 9e8 + 1",
-        "selection": {
-            "algorithm": "anti-kt", "radius": spec.radius, "pt_range": spec.pt_range, "eta_max": spec.eta_max,
-            "pthat_range": spec.pthat_range, "candidate_jets": spec.candidates,
-            "max_particles": spec.max_particles,
-            "truth_match": "resonance and all visible decay partons within R of the jet axis",
-        },
+        "selection": _selection(spec),
+        **({"cross_sections": {"pilot_events": job.pilot_events, "pilots": job.pilots,
+                               "weights": "sigma_pb x accepted / events"}} if job.by_xsec else {}),
         "detector": DETECTORS.get(job.detector).to_dict(),
         "pileup": job.pileup,
         **({"pileup_overlay": pileup_provenance(job)} if job.pileup > 0 else {}),
@@ -180,6 +208,20 @@ def provenance(job: GenerationJob, stats: dict[str, dict]) -> dict:
         "shard_stats": {
             k: {s: v for s, v in st.items() if s != "seconds"} for k, st in sorted(stats.items())
         },
+    }
+
+
+def _selection(spec: DatasetSpec) -> dict:
+    if spec.events is not None:
+        from hepfm.generation.events import RECO
+
+        return {"events": spec.events.describe(), "object_slots": spec.max_particles,
+                "reconstruction": RECO.to_dict()}
+    return {
+        "algorithm": "anti-kt", "radius": spec.radius, "pt_range": spec.pt_range, "eta_max": spec.eta_max,
+        "pthat_range": spec.pthat_range, "candidate_jets": spec.candidates,
+        "max_particles": spec.max_particles,
+        "truth_match": "resonance and all visible decay partons within R of the jet axis",
     }
 
 
@@ -273,6 +315,27 @@ def _watch_parent(parent_pid: int, interval: float = 1.0) -> None:
     os._exit(1)
 
 
+#: Last SeedSequence word of the pilot runs' Pythia seeds (kept apart from every shard's seed).
+PILOT_STREAM = 0x70696C6F
+
+
+def _pilots(job: GenerationJob, parts: Path, workers: int) -> dict[str, dict]:
+    """Cross-section x acceptance of every class, measured once (kept in ``pilots.json`` for resume)."""
+    path = parts / "pilots.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    names = DATASETS.get(job.dataset).class_names
+    tasks = [ShardTask(job.dataset, ci, 0, job.pilot_events, pythia_seed([job.seed, ci, PILOT_STREAM]),
+                       job.detector, job.batch_events, job.extra_settings) for ci in range(len(names))]
+    log.info("measuring cross-section x acceptance: %d pilot events per class", job.pilot_events)
+    with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=get_context("spawn"),
+                             initializer=_worker_init, initargs=(os.getpid(),)) as pool:
+        results = list(pool.map(run_pilot, tasks))
+    pilots = dict(zip(names, results, strict=True))
+    write_json_atomic(path, pilots)
+    return pilots
+
+
 def _run_and_save(task: ShardTask, path: Path) -> dict:
     chunk, stats = run_shard(task)
     _save_part(path, chunk, stats)
@@ -320,6 +383,8 @@ def _run_locked(job: GenerationJob, workers: int, restart: bool, progress: bool)
     from tqdm import tqdm
 
     parts = _prepare_parts_dir(job, restart)
+    if job.by_xsec:
+        job.pilots = _pilots(job, parts, workers)
     tasks = job.tasks()
     stats: dict[str, dict] = {}
     todo = []

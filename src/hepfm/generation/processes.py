@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from hepfm.data.jets import JETCLASS_CLASSES, TOPTAG_CLASSES
 from hepfm.registry import Registry
@@ -113,6 +114,62 @@ PROCESSES.add(
 )
 
 
+# -- processes of whole collision events (seed 003's signal-vs-background tasks and its "collision data")
+W_LEPTONIC = ("24:onMode = off", "24:onIfAny = 11 13 15")
+def leptonic_w(decays: list[Decay]) -> bool:
+    """At least one W -> e/mu/tau + nu: a generator filter for selections that need a lepton.
+
+    The veto re-draws decays only; the share it keeps is measured and multiplies the cross-section.
+    """
+    return any(b == 24 and m == "lep" for b, _, m in decays)
+
+
+# inclusive decays (filtered to >= 1 leptonic W); extra jets from the parton shower
+PROCESSES.add("ttbar", Process(TTBAR, decay_filter=leptonic_w))
+PROCESSES.add("tth", Process(("HiggsSM:gg2Httbar = on", "HiggsSM:qqbar2Httbar = on"),
+                             decay_filter=leptonic_w))
+# H+- from g b -> t H-+ (two-Higgs-doublet model via Pythia's BSM Higgs sector), one mass per task.
+CHARGED_HIGGS = ("Higgs:useBSM = on", "HiggsBSM:bg2H+-t = on", "37:onMode = off")
+PROCESSES.add("hplus-tb", Process((*CHARGED_HIGGS, "37:m0 = 500.", "37:onIfAny = 6"),
+                                  decay_filter=leptonic_w))
+PROCESSES.add(
+    "hplus-hw",
+    Process((*CHARGED_HIGGS, "37:m0 = 300.", "37:onIfMatch = 24 25", "25:onMode = off",
+             "25:onIfMatch = 15 -15")),
+)
+PROCESSES.add("single-top", Process(("Top:qq2tq(t:W) = on", "Top:ffbar2tqbar(s:W) = on"),
+                                    decay_filter=leptonic_w))
+PROCESSES.add(
+    "wjets",
+    Process(("WeakBosonAndParton:qqbar2Wg = on", "WeakBosonAndParton:qg2Wq = on", "PhaseSpace:pTHatMin = 20.",
+             *W_LEPTONIC)),
+)
+PROCESSES.add(
+    "zjets-ll",
+    Process(("WeakBosonAndParton:qqbar2gmZg = on", "WeakBosonAndParton:qg2gmZq = on", "WeakZ0:gmZmode = 2",
+             "PhaseSpace:pTHatMin = 20.", "23:onMode = off", "23:onIfAny = 11 13 15")),
+)
+
+
+@dataclass(frozen=True)
+class EventSelection:
+    """Minimum object counts an event must have (seed 003's table); ``jets`` counts b-jets too."""
+
+    leptons: int = 1  # isolated electrons + muons
+    jets: int = 2
+    bjets: int = 1
+    taus: int = 0
+
+    def passes(self, n_leptons: Any, n_jets: Any, n_bjets: Any, n_taus: Any) -> Any:
+        """Element-wise on counts (ints or arrays of them)."""
+        return ((n_leptons >= self.leptons) & (n_jets >= self.jets) & (n_bjets >= self.bjets)
+                & (n_taus >= self.taus))
+
+    def describe(self) -> str:
+        parts = [f"leptons >= {self.leptons}", f"jets >= {self.jets}", f"bjets >= {self.bjets}"]
+        return " + ".join(parts + ([f"taus >= {self.taus}"] if self.taus else []))
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
     """A labeled dataset: its classes (label order) and jet selection.
@@ -134,6 +191,10 @@ class DatasetSpec:
     # i.e. ~30 % of a no-MPI toptag event loop, so only datasets whose public format has them pay it.
     substructure: bool = False
     common: tuple[str, ...] = field(default=("Beams:eCM = 14000.",))
+    # Whole events as sets of reconstructed objects instead of one jet per event (seed 003): the event
+    # selection, and whether the class mixture follows the cross-sections (the "collision data" stand-in).
+    events: EventSelection | None = None
+    xsec_mix: bool = False
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -165,3 +226,21 @@ DATASETS.add(
         substructure=True,
     ),
 )
+
+# Event datasets: class 0 is the background, class 1 the signal; max_particles = object slots per event.
+_EVENTS: dict[str, Any] = {"pt_range": (0.0, float("inf")), "pthat_range": (0.0, -1.0), "radius": 0.4,
+                           "max_particles": 32, "common": ("Beams:eCM = 13000.",)}
+DATASETS.add("tth", DatasetSpec(classes={"ttbar": "ttbar", "ttH": "tth"},
+                                events=EventSelection(leptons=1, jets=4, bjets=2), **_EVENTS))
+DATASETS.add("tth-2l", DatasetSpec(classes={"ttbar": "ttbar", "ttH": "tth"},
+                                   events=EventSelection(leptons=2, jets=2, bjets=1), **_EVENTS))
+DATASETS.add("hplus-tb", DatasetSpec(classes={"ttbar": "ttbar", "Hplus_tb": "hplus-tb"},
+                                     events=EventSelection(leptons=1, jets=4, bjets=1), **_EVENTS))
+DATASETS.add("hplus-hw", DatasetSpec(classes={"ttbar": "ttbar", "Hplus_HW": "hplus-hw"},
+                                     events=EventSelection(leptons=1, jets=3, bjets=1, taus=1), **_EVENTS))
+# "Collision data": the SM processes that pass the pretraining selection, mixed by cross-section x
+# acceptance as Pythia reports them (QCD multijet is left out: its rate of isolated leptons + b-jets
+# needs ~1e6 generated events per accepted one). Generate with --unlabeled for pretraining.
+DATASETS.add("collision", DatasetSpec(
+    classes={"ttbar": "ttbar", "single_top": "single-top", "wjets": "wjets", "zjets": "zjets-ll"},
+    events=EventSelection(leptons=1, jets=2, bjets=1), xsec_mix=True, **_EVENTS))

@@ -14,7 +14,7 @@ INVISIBLE_IDS = (12, 14, 16)
 LEPTON_IDS = (11, 13, 15)
 
 
-def _daughters(d1: int, d2: int) -> range:
+def daughters(d1: int, d2: int) -> range:
     if d1 <= 0:
         return range(0)
     if d2 < d1:
@@ -25,7 +25,7 @@ def _daughters(d1: int, d2: int) -> range:
 def bottom_copy(i: int, pid: np.ndarray, dau1: np.ndarray, dau2: np.ndarray) -> int:
     """Follow a particle through its recoil/shower copies to the last one (Pythia's iBotCopyId)."""
     while True:
-        nxt = next((j for j in _daughters(dau1[i], dau2[i]) if pid[j] == pid[i]), None)
+        nxt = next((j for j in daughters(dau1[i], dau2[i]) if pid[j] == pid[i]), None)
         if nxt is None:
             return i
         i = nxt
@@ -37,7 +37,7 @@ def visible_decay_partons(
     """Indices of the visible decay products of resonance ``i``, descending through resonances."""
     out: list[int] = []
     last = bottom_copy(i, pid, dau1, dau2)
-    for j in _daughters(dau1[last], dau2[last]):
+    for j in daughters(dau1[last], dau2[last]):
         aid = abs(int(pid[j]))
         if aid in RESONANCE_IDS:
             out.extend(visible_decay_partons(j, pid, dau1, dau2))

@@ -60,11 +60,15 @@ def pythia_settings(
     With pileup the pTHat floor is lowered (:func:`~hepfm.generation.pileup.pileup_pthat_min`); an
     ``extra`` line ``PhaseSpace:pTHatMin = ...`` still overrides it.
     """
+    # event datasets take the whole process's phase space (a process sets its own pTHat floor if needed)
+    pthat = [] if spec.events is not None else [
+        f"PhaseSpace:pTHatMin = {pileup_pthat_min(spec.pthat_range[0], spec.radius, pileup)}",
+        f"PhaseSpace:pTHatMax = {spec.pthat_range[1]}",
+    ]
     return [
         *spec.common,
         *proc.settings,
-        f"PhaseSpace:pTHatMin = {pileup_pthat_min(spec.pthat_range[0], spec.radius, pileup)}",
-        f"PhaseSpace:pTHatMax = {spec.pthat_range[1]}",
+        *pthat,
         f"PartonLevel:MPI = {'on' if proc.mpi else 'off'}",
         "Next:numberCount = 0",
         "Print:quiet = on",
@@ -94,7 +98,7 @@ def check_pythia_settings(lines: tuple[str, ...]) -> None:
                                   "(unknown key or bad value)")
 
 
-def _decay_hook(accept):
+def decay_hook(accept):
     import pythia8mc
 
     class DecayVeto(pythia8mc.UserHooks):
@@ -103,7 +107,11 @@ def _decay_hook(accept):
         def canVetoResonanceDecays(self) -> bool:
             return True
 
+        tries = 0  # decay configurations drawn, and how many were vetoed: the filter's efficiency
+        vetoed = 0
+
         def doVetoResonanceDecays(self, process) -> bool:
+            self.tries += 1
             decays = []
             for i in range(process.size()):
                 p = process[i]
@@ -111,7 +119,9 @@ def _decay_hook(accept):
                     d = abs(process[p.daughter1()].id())
                     mode = "nu" if d in INVISIBLE_IDS else "lep" if d in LEPTON_IDS else "had"
                     decays.append((p.idAbs(), process[p.mother1()].idAbs() == 25, mode))
-            return not accept(decays)
+            veto = not accept(decays)
+            self.vetoed += veto
+            return veto
 
     return DecayVeto()
 
@@ -147,7 +157,7 @@ class ShardGenerator:
                 raise ValueError(f"Pythia rejected setting {line!r}")
         self._hook = None  # keep the Python hook alive as long as Pythia uses it
         if self.proc.decay_filter is not None:
-            self._hook = _decay_hook(self.proc.decay_filter)
+            self._hook = decay_hook(self.proc.decay_filter)
             self.pythia.setUserHooksPtr(self._hook)
         if not self.pythia.init():
             raise RuntimeError(f"Pythia init failed for class {self.class_name}")
@@ -321,5 +331,16 @@ def masked_pid_flags(pid: np.ndarray, charge: np.ndarray, mask: np.ndarray) -> d
 
 
 def run_shard(task: ShardTask) -> tuple[JetChunk, dict]:
-    """Entry point for worker processes."""
+    """Entry point for worker processes: ``task.n_jets`` jets, or events for an event dataset."""
+    if DATASETS.get(task.dataset).events is not None:
+        from hepfm.generation.events import EventShardGenerator
+
+        return EventShardGenerator(task).run(task.n_jets)
     return ShardGenerator(task).run(task.n_jets)
+
+
+def run_pilot(task: ShardTask) -> dict[str, float]:
+    """Cross-section and acceptance of one event class over ``task.n_jets`` generated events."""
+    from hepfm.generation.events import EventShardGenerator
+
+    return EventShardGenerator(task).pilot(task.n_jets)

@@ -204,6 +204,8 @@ class HepfmH5Source(ValidatingSource):
         self._particle_keys = sorted(f["particles"]) if "particles" in f else []
         self._jet_keys = sorted(f["jets"]) if "jets" in f else []
         self.particle_fields = tuple(self._particle_keys)
+        if "object_type" in self._particle_keys:  # events as sets of objects (e.g. hepfm generate collision)
+            self.item = "event"
         self.compression = _attr_str(f.attrs.get("compression", describe_compression(p4)))
         n_classes = len(self.class_names)
         labels = f"labels from integer 'label' ({n_classes} classes)" if self.has_labels else "unlabeled"
