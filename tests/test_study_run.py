@@ -315,3 +315,26 @@ def test_every_shipped_study_preset_resolves(preset):
     spec = from_dict(StudySpec, normalise(yaml.safe_load((STUDY_PRESETS / f"{preset}.yaml").read_text())), "")
     check_presets(spec)
     assert spec.tasks
+
+
+def test_pretraining_variants_are_pretrained_side_by_side(toptag_files, tmp_path):
+    """A variant is its own pretraining (its overrides on top of the shared ones), reported as
+    objective+variant; the scratch baseline stays one per architecture."""
+    from hepfm.studies.runner import plan
+    from hepfm.studies.spec import load_spec
+
+    variants = {"short": {"train.max_steps": 2}, "wide": ["data.batch_size=16"]}
+    path = study_file(tmp_path, toptag_files, seeds=[1], baselines=[], pretraining__variants=variants)
+    spec, _ = load_spec(path)
+    phase1, phase2 = plan(spec, tmp_path / "out")
+    pre = {c.row["key"]: c for c in phase1 if c.kind == "pretrain"}
+    assert set(pre) == {"jetclr-n400", "jetclr+short-n400", "jetclr+wide-n400"}
+    assert len({c.key for c in pre.values()}) == 3
+    assert pre["jetclr+short-n400"].args["delta"]["train"]["max_steps"] == 2
+    assert pre["jetclr-n400"].args["delta"]["train"]["max_steps"] == TINY_PRE["train.max_steps"]
+    assert pre["jetclr+wide-n400"].args["delta"]["data"]["batch_size"] == 16
+    objectives = {c.row["objective"] for c in phase2 if c.row["mode"] == "finetune"}
+    assert objectives == {"jetclr", "jetclr+short", "jetclr+wide"}
+    assert len([c for c in phase2 if c.row["mode"] == "scratch" and c.row["n_labels"] == 20]) == 1
+    bad = study_file(tmp_path, toptag_files, pretraining__variants={"x": {"train.max_stepz": 2}})
+    assert main(["study", "run", str(bad), "--out", str(tmp_path / "bad")]) == 2

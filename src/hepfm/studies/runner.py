@@ -134,7 +134,7 @@ def pretraining_key(objective: str, size: int | str) -> str:
     return f"{objective}-{'all' if size == 'all' else f'n{size}'}"
 
 
-def pretrain_delta(spec: StudySpec, objective: str, size: int | str) -> dict[str, Any]:
+def pretrain_delta(spec: StudySpec, objective: str, size: int | str, variant: str = "") -> dict[str, Any]:
     p = spec.pretraining
     items = [f"data.train={json.dumps(p.data)}", f"objective.name={objective}", f"train.seed={p.seed}"]
     if p.val:
@@ -143,7 +143,7 @@ def pretrain_delta(spec: StudySpec, objective: str, size: int | str) -> dict[str
         items.append(f"data.n_train={size}")
     if p.diagnostics.data and p.diagnostics.monitor:
         items += [f"probe.data={json.dumps(p.diagnostics.data)}", f"probe.n_jets={p.diagnostics.n_jets}"]
-    return apply_overrides({}, [*items, *p.overrides])
+    return apply_overrides({}, [*items, *p.overrides, *(p.variants[variant] if variant else [])])
 
 
 def finetune_delta(spec: StudySpec, task: ConcreteTask, head: str, seed: int, recipe: str = ""
@@ -153,14 +153,14 @@ def finetune_delta(spec: StudySpec, task: ConcreteTask, head: str, seed: int, re
                                 f"head.name={head}", f"train.seed={seed}", *spec.finetune.overrides, *extra])
 
 
-def pretraining_signature(spec: StudySpec, objective: str) -> dict[str, Any]:
+def pretraining_signature(spec: StudySpec, objective: str, variant: str = "") -> dict[str, Any]:
     """The architecture a pretraining will export, known from its config before it runs."""
     from hepfm.data.features import FEATURE_SETS
     from hepfm.workflows.pretrain import backbone_spec
     from hepfm.workflows.pretrain import resolve as resolve_pretrain
 
     data, model, _, _, _ = resolve_pretrain(spec.pretraining.preset or f"{objective}-cpu",
-                                         pretrain_delta(spec, objective, "all"))
+                                         pretrain_delta(spec, objective, "all", variant))
     return architecture_signature(backbone_spec(model, FEATURE_SETS.get(data.features), data.max_particles))
 
 
@@ -237,19 +237,20 @@ def plan(spec: StudySpec, out: Path) -> tuple[list[Cell], list[Cell]]:
         for head in f.heads:  # every value a downstream cell sets resolves (the files are checked apart)
             for recipe in f.recipes or [""]:
                 resolve_finetune(f.preset, finetune_delta(spec, tasks[0], head, spec.seeds[0], recipe))
-        for objective in p.objectives:
+        for objective, variant in [(o, v) for o in p.objectives for v in ["", *p.variants]]:
             preset = p.preset or f"{objective}-cpu"
             pretrain_base = load_preset("pretrain", preset)
-            signature = pretraining_signature(spec, objective)
+            signature = pretraining_signature(spec, objective, variant)
             arch = architecture_key(signature)
+            label = f"{objective}+{variant}" if variant else objective
             for size in p.sizes:
-                pkey = pretraining_key(objective, size)
-                delta = pretrain_delta(spec, objective, size)
+                pkey = pretraining_key(label, size)
+                delta = pretrain_delta(spec, objective, size, variant)
                 pdir = f"pretrain/{pkey}"
                 config = merge(pretrain_base, delta)
                 phase1.append(Cell("pretrain", pdir, cell_key({"config": config, "data": pretrain_files}),
                                    {"preset": preset, "delta": delta, "diagnostics": asdict(p.diagnostics)},
-                                   {"key": pkey, "objective": objective, "pretrain_size": size,
+                                   {"key": pkey, "objective": label, "pretrain_size": size,
                                     "arch": arch}))
                 for task, head, n, seed, mode, recipe in _grid(tasks, f.heads, spec.seeds, f.modes,
                                                                list(f.recipes)):
@@ -270,7 +271,7 @@ def plan(spec: StudySpec, out: Path) -> tuple[list[Cell], list[Cell]]:
                         "downstream", run, cell_key(inputs),
                         {"pretrained": pdir, "preset": f.preset, "delta": delta, "mode": mode, "n_labels": n,
                          "test": task.test, "test_ids": ids[task.name]["test"]},
-                        {"task": task.name, "objective": "none" if per_arch else objective,
+                        {"task": task.name, "objective": "none" if per_arch else label,
                          "pretrain": "" if per_arch else pkey, "pretrain_size": None if per_arch else size,
                          "arch": arch, "mode": mode, "recipe": recipe, "head": head, "n_labels": n,
                          "seed": seed, "signal_fraction": task.signal_fraction}))

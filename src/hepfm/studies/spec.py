@@ -19,6 +19,7 @@ YAML file's folder unless given)::
       sizes: [2000, all]            # jets drawn from the pretraining files (the first N), or all of them
       preset: null                  # null: <objective>-cpu
       overrides: [train.max_steps=300]
+      variants: {noaug: {objective.options.augment: {rotate: 0, flip: 0, boost: 0}}}  # side by side
       seed: 1
       diagnostics: {data: [val.h5], n_jets: 1000}   # embedding probes and maps (labeled jets)
     tasks:
@@ -77,10 +78,20 @@ class Pretraining:
     sizes: list[int | str] = field(default_factory=lambda: ["all"])
     preset: str | None = None
     overrides: list[str] = field(default_factory=list)
+    #: each objective pretrained again under other settings, side by side (e.g. without augmentation):
+    #: name -> overrides on top of ``overrides``; reported as ``<objective>+<name>``
+    variants: dict[str, list[str]] = field(default_factory=dict)
     seed: int = 1
     diagnostics: Diagnostics = field(default_factory=Diagnostics)
 
     def __post_init__(self) -> None:
+        from hepfm.io import check_folder_name
+
+        for name, items in self.variants.items():
+            check_folder_name(name, "pretraining.variants")
+            require(isinstance(items, list) and all(isinstance(i, str) for i in items),
+                    f"pretraining.variants.{name}", "must be a mapping or a list of KEY=VALUE overrides",
+                    items)
         for size in self.sizes:
             require(size == "all" or (isinstance(size, int) and size >= 1), "pretraining.sizes",
                     "holds jet counts >= 1 or 'all'", size)
@@ -235,10 +246,11 @@ def normalise(raw: dict[str, Any]) -> dict[str, Any]:
         sec = raw.get(section)
         if isinstance(sec, dict) and isinstance(sec.get("overrides"), dict):
             raw[section] = sec | {"overrides": _override_list(sec["overrides"])}
-    sec = raw.get("finetune")
-    if isinstance(sec, dict) and isinstance(sec.get("recipes"), dict):
-        raw["finetune"] = sec | {"recipes": {name: _override_list(v) if isinstance(v, dict) else v
-                                             for name, v in sec["recipes"].items()}}
+    for section, key in (("finetune", "recipes"), ("pretraining", "variants")):
+        sec = raw.get(section)
+        if isinstance(sec, dict) and isinstance(sec.get(key), dict):
+            raw[section] = sec | {key: {name: _override_list(v) if isinstance(v, dict) else v
+                                        for name, v in sec[key].items()}}
     return raw
 
 
@@ -286,8 +298,9 @@ def check_presets(spec: StudySpec) -> None:
     for objective in p.objectives:
         preset = p.preset or f"{objective}-cpu"
         load_preset("pretrain", preset)
-        resolve_pretrain(preset, apply_overrides({}, [f"data.train={json.dumps(p.data)}",
-                                                      f"objective.name={objective}", *p.overrides]))
+        for extra in [[], *p.variants.values()]:
+            items = [f"data.train={json.dumps(p.data)}", f"objective.name={objective}", *p.overrides, *extra]
+            resolve_pretrain(preset, apply_overrides({}, items))
     f = spec.finetune
     load_preset("finetune", f.preset)
     for extra in [[], *f.recipes.values()]:
