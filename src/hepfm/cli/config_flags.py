@@ -58,18 +58,22 @@ DEVICE = ConfigFlag("--device", "train.device", "auto, cpu, cuda, cuda:1")
 STREAMING = ConfigFlag("--streaming", "data.streaming", "stream training data from disk (bigger than memory)",
                        "switch")
 SKIP_BAD = ConfigFlag("--skip-bad", "data.skip_bad", "skip bad jets instead of stopping", "switch")
+PHOTONS = ConfigFlag("--photons", "data.events.photons",
+                     "events: keep photons as objects (NanoAOD; the other reading options and the event "
+                     "selection are -o data.events.*, e.g. -o data.events.min_objects.lepton=1)",
+                     "switch")
 HEADS = "one of {heads}"
 
 #: Subcommand -> the config flags it offers, in --help order.
 FLAGS: dict[str, tuple[ConfigFlag, ...]] = {
     "train": (DATA, VAL, BACKBONE, ConfigFlag("--head", "model.head", HEADS), FEATURES, STEPS, EPOCHS,
-              BATCH_SIZE, LR, MAX_PARTICLES, N_TRAIN, SEED, DEVICE, STREAMING, SKIP_BAD),
+              BATCH_SIZE, LR, MAX_PARTICLES, N_TRAIN, SEED, DEVICE, STREAMING, SKIP_BAD, PHOTONS),
     "pretrain": (ConfigFlag("--objective", "objective.name", "one of {objectives}", required=True),
                  DATA,
                  replace(VAL, help="validation files (selects the exported backbone on validation loss)",
                          required=False),
                  BACKBONE, FEATURES, STEPS, EPOCHS, BATCH_SIZE, LR, MAX_PARTICLES, N_TRAIN, SEED, DEVICE,
-                 STREAMING, SKIP_BAD,
+                 STREAMING, SKIP_BAD, PHOTONS,
                  ConfigFlag("--probe-data", "probe.data",
                             "labeled jets to probe the frozen embedding on while pretraining (linear, k-NN)",
                             "files"),
@@ -85,7 +89,7 @@ FLAGS: dict[str, tuple[ConfigFlag, ...]] = {
                  ConfigFlag("--probe-steps", "finetune.probe_steps",
                             "train the head alone on the frozen backbone for this many steps first "
                             "(--mode finetune)", "int"),
-                 SEED, DEVICE, SKIP_BAD),
+                 SEED, DEVICE, SKIP_BAD, PHOTONS),
 }
 
 

@@ -32,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({k: v for k, v in m.items() if k != "data"}, indent=2))
     else:
-        print(f"{m['n_jets']} jets: accuracy {m['accuracy']:.4f}  AUC {m['auc']:.4f}  "
+        item = "events" if m.get("input_kind") == "events" else "jets"
+        print(f"{m['n_jets']} {item}: accuracy {m['accuracy']:.4f}  AUC {m['auc']:.4f}  "
               f"1/eps_B @ eps_S=0.3: {m['rej30']:.1f}  @ 0.5: {m['rej50']:.1f}  -> {m['out']}/metrics.json")
     return 0

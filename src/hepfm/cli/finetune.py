@@ -11,7 +11,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "finetune",
         help="finetune a pretrained backbone on few labels (or frozen / scratch baselines)",
-        description="Train a tagger from a pretrained backbone on N class-balanced labeled jets. "
+        description="Train a tagger (or event classifier) from a pretrained backbone on N class-balanced "
+        "labeled jets (or events). "
         "--mode finetune trains backbone and head; frozen trains the head only "
         "(--head linear = linear probe); scratch re-initialises the same architecture. "
         "Model selection on --val only.",
@@ -26,7 +27,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mode", default="finetune", choices=("finetune", "frozen", "scratch", "random"),
                    help="finetune | frozen (linear probe with --head linear) | scratch | random (the random "
                         "initialisation, frozen: the probe's control)")
-    p.add_argument("--preset", default="cpu-small")
+    p.add_argument("--preset", help="finetune preset or YAML file (default: events-cpu for a backbone "
+                   "pretrained on events, cpu-small otherwise)")
     add_config_flags(p, "finetune")
     p.add_argument("--restart", action="store_true",
                    help="discard the run already in --out (its checkpoints, metrics, weights) and start over")

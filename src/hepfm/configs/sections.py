@@ -10,12 +10,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from hepfm.configs import merge
+from hepfm.data.formats.nanoaod_events import EventOptions
 from hepfm.errors import HepfmInputError
 from hepfm.options import check_known, from_dict, require
 
 
 @dataclass
 class DataConfig:
+    """``events``: how events are read from NanoAOD (collections, cuts, the event selection); see
+    :class:`~hepfm.data.formats.nanoaod_events.EventOptions`. Jets ignore it at its defaults and
+    refuse anything else."""
+
     train: list[str] = field(default_factory=list)
     val: list[str] = field(default_factory=list)
     features: str = "kin"
@@ -25,6 +31,7 @@ class DataConfig:
     n_val: int | None = None
     streaming: bool = False
     skip_bad: bool = False
+    events: EventOptions = field(default_factory=EventOptions)
 
     def __post_init__(self) -> None:
         from hepfm.data.features import FEATURE_SETS
@@ -73,6 +80,10 @@ class FinetuneConfig:
     layer_decay: float = 1.0
     #: linear-probe-then-finetune: the first probe_steps steps train the head alone on the frozen backbone
     probe_steps: int = 0
+    #: the Lorentz augmentations of events (``hepfm.physics.lorentz.LorentzConfig`` options, e.g.
+    #: ``{rotate: 1.0, flip: 0.5}``) applied to the labeled training events, in every mode; None (the
+    #: default) = none: the seed augments in pretraining only. Checked by the finetune workflow.
+    augment: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         key = "finetune.backbone_lr_scale"
@@ -114,5 +125,6 @@ def split_sections(d: dict[str, Any], allowed: tuple[str, ...]) -> dict[str, Any
 
 
 def section(cls: type, d: dict[str, Any], name: str, defaults: dict[str, Any] | None = None) -> Any:
-    """``from_dict`` of section ``name``; ``defaults`` are workflow defaults the user's values override."""
-    return from_dict(cls, (defaults or {}) | d.get(name, {}), name)
+    """``from_dict`` of section ``name``; ``defaults`` are workflow defaults the user's values override
+    (key by key, nested mappings too: a default ``events.photons`` survives a user's ``events.jet``)."""
+    return from_dict(cls, merge(defaults or {}, d.get(name, {})), name)

@@ -72,18 +72,21 @@ _add(
     TransformerConfig(model_dim=128, ffn_dim=256, output_dim=128),
     "JetCLR transformer for CPU (D=128, 4 layers)",
 )
+# The event transformers end at the encoder (no head layers after pooling): the seed transfers the
+# embedding and the encoder and trains every classifier layer afresh, and masked-object pretraining
+# reads the tokens, so layers after the pooling would be exported untrained.
 _add(
     "event-transformer",
     Transformer,
     TransformerConfig(model_dim=384, num_heads=8, ffn_dim=1536, num_layers=6, output_dim=384,
-                      num_head_layers=1, pooling="mean"),
+                      num_head_layers=0, pooling="mean"),
     "event transformer over objects, seed 003 size (~11M params)",
 )
 _add(
     "event-transformer-small",
     Transformer,
     TransformerConfig(model_dim=64, num_heads=4, ffn_dim=128, num_layers=2, output_dim=64,
-                      num_head_layers=1, pooling="mean"),
+                      num_head_layers=0, pooling="mean"),
     "event transformer for CPU (D=64, 2 layers)",
 )
 _add("particle_net", ParticleNet, ParticleNetConfig(), "ParticleNet, paper size")

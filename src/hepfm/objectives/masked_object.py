@@ -11,13 +11,14 @@ and MET from a W, b-jets beside them), which is what an event classifier needs.
 The seed names Lorentz transformations as augmentations of pretraining: with ``augment`` active,
 every training event is first rotated in φ, mirrored in z and/or boosted along z
 (:mod:`hepfm.physics.lorentz`; the MET stays transverse), and the kinematic inputs are recomputed
-from the new four-vectors (:mod:`hepfm.physics.torch_features`); charge and type columns are kept.
+from the new four-vectors (:class:`~hepfm.objectives.events.EventAugmentation`, which a classifier
+uses too when asked); charge and type columns are kept.
 
 Targets come from the batch itself: the type one-hot columns of the ``objects`` feature set
 (``obj_is_<type>``), so nothing beyond the features travels with a batch. Objects of other types
 (photons, when read) stay visible and are never chosen. After pretraining, finetuning transfers
-the embedding and the encoder (``export_backbone``) and trains a fresh classifier, the seed's
-protocol.
+the embedding and the encoder (``export_backbone``: the backbone alone; the prediction head and the
+dummy stay here) and trains a fresh classifier, the seed's protocol.
 """
 
 from __future__ import annotations
@@ -35,10 +36,10 @@ from hepfm.data.jets import OBJECT_TYPES
 from hepfm.errors import HepfmInputError
 from hepfm.nn.backbone import Backbone
 from hepfm.objectives.base import Objective, ObjectiveOutput
+from hepfm.objectives.events import EventAugmentation, object_types
 from hepfm.objectives.registry import OBJECTIVES, BackboneFactory
 from hepfm.options import from_dict
 from hepfm.physics.lorentz import LorentzConfig
-from hepfm.physics.torch_features import compute_features
 
 #: The seed's replaceable objects: leptons, taus, b-jets, light jets, MET.
 SEED_TYPES = ("electron", "muon", "tau", "bjet", "jet", "met")
@@ -95,17 +96,12 @@ class MaskedObjectType(Objective):
                  ) -> None:
         super().__init__()
         cfg = config or MaskedObjectConfig()
-        names = list(feature_set.names)
-        missing = [f"obj_is_{t}" for t in OBJECT_TYPES if f"obj_is_{t}" not in names]
-        if missing:
-            raise HepfmInputError(
-                f"masked-object needs events with object types (feature set 'objects'); feature set "
-                f"{feature_set.name!r} lacks {', '.join(missing)}")
+        self.augment = EventAugmentation(cfg.augment, feature_set, "masked-object")
         self.config = cfg
         self.feature_set = feature_set
         self.backbone = backbone
         #: the feature columns of the one-hot type, in OBJECT_TYPES order
-        self.type_columns = [names.index(f"obj_is_{t}") for t in OBJECT_TYPES]
+        self.type_columns = self.augment.columns
         #: OBJECT_TYPES index -> class of the head (-1: never replaced)
         target = torch.full((len(OBJECT_TYPES),), -1, dtype=torch.long)
         for k, t in enumerate(cfg.types):
@@ -119,15 +115,12 @@ class MaskedObjectType(Objective):
 
     def object_types(self, batch: ParticleBatch) -> torch.Tensor:
         """(B, N) int64 index into OBJECT_TYPES of every slot (padding: whatever its zero row gives)."""
-        return batch.x[..., self.type_columns].argmax(dim=-1)
+        return object_types(batch, self.type_columns)
 
     def augmented(self, batch: ParticleBatch) -> ParticleBatch:
         """The batch after the Lorentz augmentations, inputs recomputed (MET kept transverse)."""
-        met = self.object_types(batch) == OBJECT_TYPES.index("met")
-        with torch.autocast(device_type=batch.p4.device.type, enabled=False):
-            p4 = self.config.augment(batch.p4.float(), batch.mask, keep=met)
-            x = compute_features(self.feature_set, p4, batch.mask, source_x=batch.x)
-        return ParticleBatch(x=x, mask=batch.mask, p4=p4, jet=None, label=None)
+        out = self.augment(batch)
+        return ParticleBatch(x=out.x, mask=out.mask, p4=out.p4, jet=None, label=None)
 
     def forward(self, batch: ParticleBatch) -> ObjectiveOutput:
         # 1. augment (training only)

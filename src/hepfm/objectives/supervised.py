@@ -7,6 +7,8 @@ pretraining (as ParT-f.t. and the Vigl/Hartman/Heinrich analysis backbone do).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -29,8 +31,12 @@ class Supervised(Objective):
 
     def __init__(self, backbone: Backbone, head: Head, *, label_smoothing: float = 0.0,
                  backbone_lr_scale: float = 1.0, layer_decay: float = 1.0, probe_steps: int = 0,
-                 freeze_backbone: bool = False) -> None:
+                 freeze_backbone: bool = False,
+                 augment: Callable[[ParticleBatch], ParticleBatch] | None = None) -> None:
+        """``augment``: applied to training batches only (e.g. the Lorentz augmentations of events,
+        :class:`~hepfm.objectives.events.EventAugmentation`); validation and inference see the data as is."""
         super().__init__()
+        self.augment = augment
         self.backbone = backbone
         self.head = head
         self.label_smoothing = label_smoothing
@@ -64,9 +70,12 @@ class Supervised(Objective):
     def forward(self, batch: ParticleBatch) -> ObjectiveOutput:
         if batch.label is None:
             raise HepfmInputError("supervised training needs labels, but the data has none")
+        label = batch.label
+        if self.training and self.augment is not None:
+            batch = self.augment(batch)
         logits = self.logits(batch)
-        loss = F.cross_entropy(logits.float(), batch.label, label_smoothing=self.label_smoothing)
-        acc = (logits.argmax(1) == batch.label).float().mean()
+        loss = F.cross_entropy(logits.float(), label, label_smoothing=self.label_smoothing)
+        acc = (logits.argmax(1) == label).float().mean()
         return ObjectiveOutput(loss, {"accuracy": acc}, logits)
 
     def param_groups_lr_scale(self) -> dict[str, float]:

@@ -30,7 +30,7 @@ from hepfm.objectives.supervised import Supervised
 from hepfm.training import checkpoint as ckpt
 from hepfm.training.config import TrainConfig
 from hepfm.training.engine import Trainer, seed_everything
-from hepfm.workflows.data import evaluation_loader, open_data
+from hepfm.workflows.data import ModelInput, evaluation_loader, input_spec, open_data, reading_of
 from hepfm.workflows.provenance import data_provenance, run_directory, write_run_header
 
 log = logging.getLogger(__name__)
@@ -44,9 +44,11 @@ def resolve_config(preset: str, delta: dict[str, Any]) -> tuple[DataConfig, Mode
 
 # -- models from specs
 def model_spec(
-    model: ModelConfig, features: FeatureSet, class_names: tuple[str, ...], max_particles: int
+    model: ModelConfig, features: FeatureSet, class_names: tuple[str, ...], max_particles: int,
+    trained_on: dict[str, Any] | None = None,
 ) -> dict:
-    return {
+    """A classifier's spec; ``trained_on`` is :func:`~hepfm.workflows.data.input_spec` of its data."""
+    return (trained_on or {}) | {
         "hepfm_version": __version__,
         "objective": "supervised",
         "backbone": {"name": model.backbone, "options": model.backbone_options, "in_features": features.dim},
@@ -100,7 +102,8 @@ def train(preset: str, delta: dict[str, Any], out: str | Path, *, resume: bool =
         d = open_data(data, fs, seed=tcfg.seed, labels="required", num_workers=tcfg.num_workers)
         class_names = d.class_names
 
-        spec = model_spec(model, fs, class_names, data.max_particles)
+        spec = model_spec(model, fs, class_names, data.max_particles,
+                          input_spec(d.kind, d.object_types, data.events))
         objective = build_classifier(spec)
         resolved = {"data": asdict(data), "model": asdict(model), "train": tcfg.to_dict()}
         write_run_header(out, resolved, preset, d.train_sources, d.val_sources,
@@ -118,11 +121,15 @@ def train(preset: str, delta: dict[str, Any], out: str | Path, *, resume: bool =
 # -- evaluation
 @torch.no_grad()
 def predict(model: Supervised, spec: dict[str, Any], patterns: list[str], batch_size: int = 256,
-            skip_bad: bool = False, device: str = "cpu") -> tuple[np.ndarray, np.ndarray, list[Any]]:
-    """Logits and labels of every jet in ``patterns`` with the checkpoint's own feature set."""
+            skip_bad: bool = False, device: str = "cpu", origin: Any = "") -> tuple[np.ndarray, np.ndarray,
+                                                                                    list[Any]]:
+    """Logits and labels of every jet (or event) in ``patterns`` with the checkpoint's own feature set,
+    events read as its training events were; data it was not trained on is refused (``origin`` names
+    the checkpoint in that message)."""
     loader, sources = evaluation_loader(patterns, FeatureSet.from_dict(spec["features"]),
                                         spec["max_particles"], batch_size=batch_size, skip_bad=skip_bad,
-                                        class_names=tuple(spec["class_names"]))
+                                        class_names=tuple(spec["class_names"]), events=reading_of(spec),
+                                        expect=ModelInput.of_spec(spec, origin))
     model = model.to(device).eval()
     logits, labels = [], []
     for batch in loader:
@@ -140,7 +147,7 @@ def evaluate(run_dir: str | Path, patterns: list[str], *, name: str | None = Non
     if name is not None:
         check_folder_name(name, "--name")
     model, spec = load(run_dir)
-    logits, labels, sources = predict(model, spec, patterns, batch_size, skip_bad)
+    logits, labels, sources = predict(model, spec, patterns, batch_size, skip_bad, origin=run_dir)
     class_names = tuple(spec["class_names"])
     try:
         metrics = classification_metrics(logits, labels, class_names)
@@ -162,4 +169,4 @@ def evaluate(run_dir: str | Path, patterns: list[str], *, name: str | None = Non
                       if 0 < (labels == i).sum() < len(labels)}
             score_histogram(out / "scores.png", probs.max(1), labels, class_names, "max class probability")
         roc_plot(out / "roc.png", curves, title=f"{spec['backbone']['name']} on {name}")
-    return metrics | {"out": str(out)}
+    return metrics | {"out": str(out), "input_kind": ModelInput.of_spec(spec, run_dir).kind}

@@ -15,7 +15,7 @@ from hepfm.io import check_folder_name, write_json_atomic
 from hepfm.models import create_backbone
 from hepfm.objectives.base import jet_embedding
 from hepfm.training import checkpoint as ckpt
-from hepfm.workflows.data import evaluation_loader
+from hepfm.workflows.data import ModelInput, evaluation_loader, reading_of
 
 
 def load_backbone(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any], Path]:
@@ -47,7 +47,8 @@ def embed(run: str | Path, patterns: list[str], *, n_jets: int = 2000, name: str
         check_folder_name(name, "--name")
     model, spec, file = load_backbone(run)
     loader, sources = evaluation_loader(
-        patterns, FeatureSet.from_dict(spec["features"]), spec["max_particles"], n_jets=n_jets
+        patterns, FeatureSet.from_dict(spec["features"]), spec["max_particles"], n_jets=n_jets,
+        events=reading_of(spec), expect=ModelInput.of_spec(spec, file),
     )
     embs, labels = [], []
     for batch in loader:

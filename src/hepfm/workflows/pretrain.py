@@ -20,6 +20,7 @@ from hepfm._version import __version__
 from hepfm.configs import load_preset, merge_run_config
 from hepfm.configs.sections import DataConfig, ModelConfig, ObjectiveConfig, section, split_sections
 from hepfm.data.features import FEATURE_SETS, FeatureSet
+from hepfm.data.formats.nanoaod_events import EventOptions
 from hepfm.errors import HepfmInputError
 from hepfm.io import write_json_atomic
 from hepfm.models import create_backbone
@@ -28,7 +29,7 @@ from hepfm.training import checkpoint as ckpt
 from hepfm.training.config import TrainConfig
 from hepfm.training.engine import Trainer, seed_everything
 from hepfm.training.monitor import EmbeddingProbe, ProbeConfig
-from hepfm.workflows.data import class_names, evaluation_loader, open_data, open_inputs
+from hepfm.workflows.data import class_names, evaluation_loader, input_spec, open_data, open_inputs
 from hepfm.workflows.provenance import resuming, run_directory, write_run_header
 
 log = logging.getLogger(__name__)
@@ -46,13 +47,14 @@ def resolve(
 
 
 def open_probe(probe: ProbeConfig, fs: FeatureSet, max_particles: int, tcfg: TrainConfig,
-               train_classes: tuple[str, ...] | None = None) -> EmbeddingProbe | None:
+               train_classes: tuple[str, ...] | None = None, events: EventOptions | None = None,
+               ) -> EmbeddingProbe | None:
     """The pretraining monitor over ``probe.data`` (None without it): labeled files that share their
     classes, at least two of them among the jets read, and, for a supervised pretraining, the training
-    classes."""
+    classes. Events are read with the training data's ``events`` options."""
     if not probe.data:
         return None
-    sources = open_inputs(probe.data, fs, max_particles)
+    sources = open_inputs(probe.data, fs, max_particles, events=events)
     unlabeled = next((s for s in sources if not s.has_labels), None)
     if unlabeled is not None:
         raise HepfmInputError("--probe-data needs labeled jets, but the file has none", unlabeled.path)
@@ -60,7 +62,7 @@ def open_probe(probe: ProbeConfig, fs: FeatureSet, max_particles: int, tcfg: Tra
     if train_classes is not None and names != tuple(train_classes):
         raise HepfmInputError(f"--probe-data classes {list(names)} differ from the training "
                               f"classes {list(train_classes)}", sources[0].path)
-    loader, _ = evaluation_loader(probe.data, fs, max_particles, n_jets=probe.n_jets)
+    loader, _ = evaluation_loader(probe.data, fs, max_particles, n_jets=probe.n_jets, events=events)
     with torch.random.fork_rng(devices=[]):  # iterating a DataLoader draws a seed: keep the run's own stream
         batches = list(loader)
     labels = {int(v) for b in batches if b.label is not None for v in b.label.unique()}
@@ -90,11 +92,13 @@ def pretrain(preset: str, delta: dict[str, Any], out: str | Path, *, restart: bo
         needs_labels = objective_needs_labels(obj_cfg.name, obj_cfg.options)
         d = open_data(data, fs, seed=tcfg.seed, labels="required" if needs_labels else "dropped",
                       num_workers=tcfg.num_workers)
-        probe = open_probe(probe_cfg, fs, data.max_particles, tcfg, d.class_names if needs_labels else None)
+        probe = open_probe(probe_cfg, fs, data.max_particles, tcfg, d.class_names if needs_labels else None,
+                           data.events)
         options = dict(obj_cfg.options)
         if needs_labels:
             options.setdefault("num_classes", len(d.class_names))
-        bb_spec = backbone_spec(model, fs, data.max_particles)
+        bb_spec = (backbone_spec(model, fs, data.max_particles)
+                   | input_spec(d.kind, d.object_types, data.events))
         objective = create_objective(
             obj_cfg.name, lambda: create_backbone(model.backbone, fs.dim, **model.backbone_options), fs,
             options, max_particles=data.max_particles)

@@ -53,6 +53,9 @@ def data_provenance(sources: list[Any]) -> list[dict[str, Any]]:
     for s in sources:
         p = Path(s.path)
         entry: dict[str, Any] = {"path": str(p.resolve()), "format": s.format, "n_jets": len(s)}
+        reading = getattr(s, "reading", None)  # events: how they were read, and how many the selection kept
+        if isinstance(reading, dict):
+            entry["events"] = reading
         if p.exists():
             st = p.stat()
             entry |= {"bytes": st.st_size, "mtime": int(st.st_mtime), "sha256_head_tail": file_identity(p)}
