@@ -302,7 +302,7 @@ def test_bad_study_input_is_one_line_exit_2(toptag_files, tmp_path, capsys, chan
 
 
 SHIPPED_STUDIES = {"demo", "cpu", "seed000-jetclass-toptag", "cpu-protocol", "cpu-proof-in-domain",
-                   "cpu-proof-cross-domain", "cpu-proof-long-mpm"}
+                   "cpu-proof-cross-domain", "cpu-proof-long-mpm", "events-hplus"}
 
 
 @pytest.mark.parametrize("preset", sorted(SHIPPED_STUDIES))
@@ -324,12 +324,14 @@ def test_pretraining_variants_are_pretrained_side_by_side(toptag_files, tmp_path
     from hepfm.studies.spec import load_spec
 
     variants = {"short": {"train.max_steps": 2}, "wide": ["data.batch_size=16"]}
-    path = study_file(tmp_path, toptag_files, seeds=[1], baselines=[], pretraining__variants=variants)
+    path = study_file(tmp_path, toptag_files, seeds=[1], baselines=[], pretraining__variants=variants,
+                      pretraining__sizes=[200, 400])
     spec, _ = load_spec(path)
     phase1, phase2 = plan(spec, tmp_path / "out")
     pre = {c.row["key"]: c for c in phase1 if c.kind == "pretrain"}
-    assert set(pre) == {"jetclr-n400", "jetclr+short-n400", "jetclr+wide-n400"}
-    assert len({c.key for c in pre.values()}) == 3
+    assert set(pre) == {f"jetclr{v}-n{n}" for v in ("", "+short", "+wide") for n in (200, 400)}
+    assert len({c.key for c in pre.values()}) == 6
+    assert pre["jetclr+short-n200"].args["delta"]["train"]["max_steps"] == 2
     assert pre["jetclr+short-n400"].args["delta"]["train"]["max_steps"] == 2
     assert pre["jetclr-n400"].args["delta"]["train"]["max_steps"] == TINY_PRE["train.max_steps"]
     assert pre["jetclr+wide-n400"].args["delta"]["data"]["batch_size"] == 16

@@ -237,15 +237,15 @@ def plan(spec: StudySpec, out: Path) -> tuple[list[Cell], list[Cell]]:
         for head in f.heads:  # every value a downstream cell sets resolves (the files are checked apart)
             for recipe in f.recipes or [""]:
                 resolve_finetune(f.preset, finetune_delta(spec, tasks[0], head, spec.seeds[0], recipe))
-        for objective, variant in [(o, v) for o in p.objectives for v in ["", *p.variants]]:
+        for objective, pvariant in [(o, v) for o in p.objectives for v in ["", *p.variants]]:
             preset = p.preset or f"{objective}-cpu"
             pretrain_base = load_preset("pretrain", preset)
-            signature = pretraining_signature(spec, objective, variant)
+            signature = pretraining_signature(spec, objective, pvariant)
             arch = architecture_key(signature)
-            label = f"{objective}+{variant}" if variant else objective
+            label = f"{objective}+{pvariant}" if pvariant else objective
             for size in p.sizes:
                 pkey = pretraining_key(label, size)
-                delta = pretrain_delta(spec, objective, size, variant)
+                delta = pretrain_delta(spec, objective, size, pvariant)
                 pdir = f"pretrain/{pkey}"
                 config = merge(pretrain_base, delta)
                 phase1.append(Cell("pretrain", pdir, cell_key({"config": config, "data": pretrain_files}),
