@@ -106,6 +106,8 @@ def test_events_h5_to_nanoaod_and_back(tmp_path):
     got = src.read(0, len(src))
     assert len(got) == len(ev)
     np.testing.assert_array_equal(got.jets["event"], np.arange(1, 13))
+    assert src.class_names == ("ttH", "ttbar")  # the labels come back
+    np.testing.assert_array_equal(got.label, ev.label)
     for i in range(len(ev)):
         want, have = _objects(ev, i, cuts=True), _objects(got, i)
         assert have.shape == want.shape, f"event {i}"
