@@ -32,8 +32,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from hepfm.data.jets import OBJECT_TYPES, JetChunk, from_pt_eta_phi_m
-from hepfm.generation.detector import apply_detector, impact_parameters
+from hepfm.generation.detector import DETECTORS, apply_detector, impact_parameters
 from hepfm.generation.truth import INVISIBLE_IDS, daughters, delta_r
+from hepfm.generation.worker import PythiaShard, ShardTask
 
 
 @dataclass(frozen=True)
@@ -280,41 +281,14 @@ def pad_events(events: list[EventObjects], n_max: int
     return p4, mask, fields
 
 
-class EventShardGenerator:
-    """One configured Pythia instance producing selected reconstructed-object events of one class."""
+class EventShardGenerator(PythiaShard):
+    """Selected reconstructed-object events of one class from the shard's Pythia instance."""
 
-    def __init__(self, task) -> None:
-        import pythia8mc
-
-        from hepfm.generation.detector import DETECTORS
-        from hepfm.generation.processes import DATASETS, PROCESSES
-        from hepfm.generation.worker import decay_hook, pythia_settings
-
-        self.task = task
-        self.spec = DATASETS.get(task.dataset)
-        self.class_name = self.spec.class_names[task.class_index]
-        self.proc = PROCESSES.get(self.spec.classes[self.class_name])
-        self.pythia = pythia8mc.Pythia("", False)
-        for line in pythia_settings(self.spec, self.proc, task.seed, task.extra_settings):
-            if not self.pythia.readString(line):
-                raise ValueError(f"Pythia rejected setting {line!r}")
-        self._hook = None  # keep the Python hook alive as long as Pythia uses it
-        if self.proc.decay_filter is not None:
-            self._hook = decay_hook(self.proc.decay_filter)
-            self.pythia.setUserHooksPtr(self._hook)
-        if not self.pythia.init():
-            raise RuntimeError(f"Pythia init failed for class {self.class_name}")
-        self._charge: dict[int, float] = {}
+    def __init__(self, task: ShardTask) -> None:
+        super().__init__(task)
         rng = np.random.default_rng(task.seed)
         self.reco = EventReconstructor(DETECTORS.get(task.detector), rng, self.charges)
         self.stats: dict[str, float] = {"events": 0, "batches": 0, "accepted": 0, "truncated": 0}
-
-    def charges(self, pid: np.ndarray) -> np.ndarray:
-        uniq, inv = np.unique(pid, return_inverse=True)
-        for u in uniq:
-            if int(u) not in self._charge:
-                self._charge[int(u)] = float(self.pythia.particleData.charge(int(u)))
-        return np.array([self._charge[int(u)] for u in uniq])[inv]
 
     def _batch(self) -> list[EventObjects]:
         selection = self.spec.events

@@ -126,19 +126,45 @@ def decay_hook(accept):
     return DecayVeto()
 
 
-class ShardGenerator:
-    """Holds one configured Pythia instance and turns event batches into selected jets."""
+class PythiaShard:
+    """One shard's Pythia instance configured for its class (settings, decay-veto hook), and the
+    charges of the particles it makes (looked up once per PDG id): what jet and event shards share."""
 
     def __init__(self, task: ShardTask) -> None:
-        from hepfm.fastjet_quiet import quiet_fastjet
-
-        fastjet = quiet_fastjet()
         import pythia8mc
 
         self.task = task
         self.spec = DATASETS.get(task.dataset)
         self.class_name = self.spec.class_names[task.class_index]
         self.proc = PROCESSES.get(self.spec.classes[self.class_name])
+        self.pythia = pythia8mc.Pythia("", False)
+        for line in pythia_settings(self.spec, self.proc, task.seed, task.extra_settings, task.pileup):
+            if not self.pythia.readString(line):
+                raise ValueError(f"Pythia rejected setting {line!r}")
+        self._hook = None  # keep the Python hook alive as long as Pythia uses it
+        if self.proc.decay_filter is not None:
+            self._hook = decay_hook(self.proc.decay_filter)
+            self.pythia.setUserHooksPtr(self._hook)
+        if not self.pythia.init():
+            raise RuntimeError(f"Pythia init failed for class {self.class_name}")
+        self._charge: dict[int, float] = {}
+
+    def charges(self, pid: np.ndarray) -> np.ndarray:
+        uniq, inv = np.unique(pid, return_inverse=True)
+        for u in uniq:
+            if int(u) not in self._charge:
+                self._charge[int(u)] = float(self.pythia.particleData.charge(int(u)))
+        return np.array([self._charge[int(u)] for u in uniq])[inv]
+
+
+class ShardGenerator(PythiaShard):
+    """Turns event batches of one class into selected jets."""
+
+    def __init__(self, task: ShardTask) -> None:
+        from hepfm.fastjet_quiet import quiet_fastjet
+
+        fastjet = quiet_fastjet()
+        super().__init__(task)
         self.det = DETECTORS.get(task.detector)
         self.rng = np.random.default_rng(task.seed)
         self.pileup: PileupOverlay | None = None
@@ -151,30 +177,12 @@ class ShardGenerator:
                 draw_seed=pythia_seed([task.seed, PILEUP_STREAM, 1]),
                 rap_max=reach_rapidity(self.spec.eta_max, self.spec.radius),
             )
-        self.pythia = pythia8mc.Pythia("", False)
-        for line in pythia_settings(self.spec, self.proc, task.seed, task.extra_settings, task.pileup):
-            if not self.pythia.readString(line):
-                raise ValueError(f"Pythia rejected setting {line!r}")
-        self._hook = None  # keep the Python hook alive as long as Pythia uses it
-        if self.proc.decay_filter is not None:
-            self._hook = decay_hook(self.proc.decay_filter)
-            self.pythia.setUserHooksPtr(self._hook)
-        if not self.pythia.init():
-            raise RuntimeError(f"Pythia init failed for class {self.class_name}")
-        self._charge: dict[int, float] = {}
         self.jet_def = fastjet.JetDefinition(fastjet.antikt_algorithm, self.spec.radius)
         self.stats: dict[str, float] = {
             "events": 0, "batches": 0, "in_window": 0, "accepted": 0, "truncated": 0,
         }
         if self.pileup is not None:
             self.stats["pileup_events"] = 0
-
-    def charges(self, pid: np.ndarray) -> np.ndarray:
-        uniq, inv = np.unique(pid, return_inverse=True)
-        for u in uniq:
-            if int(u) not in self._charge:
-                self._charge[int(u)] = float(self.pythia.particleData.charge(int(u)))
-        return np.array([self._charge[int(u)] for u in uniq])[inv]
 
     def run(self, n_jets: int) -> tuple[JetChunk, dict]:
         """Generate whole batches until ``n_jets`` jets pass; keep the first ``n_jets``."""
