@@ -115,7 +115,7 @@ def _sha(path: Path) -> str:
 def test_collision_mixture_by_cross_section_cli_inspect_and_nanoaod_round_trip(tmp_path, capsys):
     out = tmp_path / "data.h5"
     args = ["generate", "collision", "--n-events", "40", "--unlabeled", "--detector", "cms", "--seed", "3",
-            "--pilot-events", "400", "--shard-size", "20", "--no-progress", "--json"]
+            "--pilot-events", "250", "--shard-size", "20", "--no-progress", "--json"]
     assert cli_main([*args, "--out", str(out)]) == 0
     summary = json.loads(capsys.readouterr().out)
     counts = summary["class_counts"]
