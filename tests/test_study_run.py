@@ -303,7 +303,7 @@ def test_bad_study_input_is_one_line_exit_2(toptag_files, tmp_path, capsys, chan
 
 SHIPPED_STUDIES = {"demo", "cpu", "seed000-jetclass-toptag", "cpu-protocol", "cpu-proof-in-domain",
                    "cpu-proof-cross-domain", "cpu-proof-long-mpm", "events-hplus",
-                   "events-hplus-long-finetune"}
+                   "events-hplus-long-finetune", "events-tth"}
 
 
 @pytest.mark.parametrize("preset", sorted(SHIPPED_STUDIES))
