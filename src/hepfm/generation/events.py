@@ -32,9 +32,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from hepfm.data.jets import OBJECT_TYPES, JetChunk, from_pt_eta_phi_m
-from hepfm.generation.detector import DETECTORS, apply_detector, impact_parameters
+from hepfm.generation.detector import DETECTORS, apply_detector
 from hepfm.generation.truth import INVISIBLE_IDS, daughters, delta_r
-from hepfm.generation.worker import PythiaShard, ShardTask
+from hepfm.generation.worker import PythiaShard, ShardTask, batch_particles
 
 
 @dataclass(frozen=True)
@@ -112,21 +112,7 @@ class EventReconstructor:
         import awkward as ak
 
         n_ev = len(prt)
-        counts = ak.to_numpy(ak.num(prt.id, axis=1))
-        rec = {k: ak.to_numpy(ak.flatten(prt[k])) for k in ("id", "status", "daughter1", "daughter2")}
-        for k in ("px", "py", "pz", "e"):
-            rec[k] = ak.to_numpy(ak.flatten(prt.p[k])).astype(np.float64)
-        vx, vy, vz = (ak.to_numpy(ak.flatten(ak.fill_none(prt.vProd[k], 0.0))).astype(np.float64)
-                      for k in ("px", "py", "pz"))
-        event = np.repeat(np.arange(n_ev), counts)
-        offsets = np.concatenate([[0], np.cumsum(counts)])
-
-        final = (rec["status"] > 0) & ~np.isin(np.abs(rec["id"]), INVISIBLE_IDS)
-        px, py, pz = rec["px"][final], rec["py"][final], rec["pz"][final]
-        d0, dz = impact_parameters(px, py, pz, vx[final], vy[final], vz[final])
-        parts = {"px": px, "py": py, "pz": pz, "e": rec["e"][final], "pid": rec["id"][final].astype(np.int64),
-                 "d0": d0, "dz": dz, "event": event[final]}
-        parts["charge"] = self.charge_of(parts["pid"])
+        rec, offsets, parts = batch_particles(prt, self.charge_of)
         parts = apply_detector(parts, self.det, self.rng)
         p_counts = np.bincount(parts["event"], minlength=n_ev)
         p_off = np.concatenate([[0], np.cumsum(p_counts)])

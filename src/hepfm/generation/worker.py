@@ -9,6 +9,7 @@ window, for truth matching and for gathering constituents.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -210,24 +211,7 @@ class ShardGenerator(PythiaShard):
         n_ev = len(prt)
         self.stats["events"] += n_ev
         self.stats["batches"] += 1
-        counts = ak.to_numpy(ak.num(prt.id, axis=1))
-        offsets = np.concatenate([[0], np.cumsum(counts)])
-        rec = {k: ak.to_numpy(ak.flatten(prt[k])) for k in ("id", "status", "daughter1", "daughter2")}
-        for k in ("px", "py", "pz", "e"):
-            rec[k] = ak.to_numpy(ak.flatten(prt.p[k])).astype(np.float64)
-        # vProd is missing (None) for particles made at the primary vertex: that is the origin.
-        vx, vy, vz = (ak.to_numpy(ak.flatten(ak.fill_none(prt.vProd[k], 0.0))).astype(np.float64)
-                      for k in ("px", "py", "pz"))
-        event = np.repeat(np.arange(n_ev), counts)
-
-        final = (rec["status"] > 0) & ~np.isin(np.abs(rec["id"]), INVISIBLE_IDS)
-        px, py, pz = rec["px"][final], rec["py"][final], rec["pz"][final]
-        d0, dz = impact_parameters(px, py, pz, vx[final], vy[final], vz[final])
-        parts = {
-            "px": px, "py": py, "pz": pz, "e": rec["e"][final], "pid": rec["id"][final].astype(np.int64),
-            "d0": d0, "dz": dz, "event": event[final],
-        }
-        parts["charge"] = self.charges(parts["pid"])
+        rec, offsets, parts = batch_particles(prt, self.charges)
         if self.pileup is not None:
             parts = self.pileup.overlay(parts, n_ev)
             self.stats["pileup_events"] += self.pileup.last_draws
@@ -331,6 +315,36 @@ class ShardGenerator(PythiaShard):
         if self.pileup is None:
             return {}
         return {"pileup_pt_fraction": np.array([j["pileup_pt_fraction"] for j in jets], np.float32)}
+
+
+def batch_particles(prt, charge_of: Callable[[np.ndarray], np.ndarray]
+                    ) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, np.ndarray]]:
+    """One ``nextBatch``'s event record and its visible final-state particles.
+
+    Returns the record as flat arrays (``id, status, daughter1, daughter2, px .. e``), the per-event
+    offsets into it, and the visible final-state particles (no neutrinos) with impact parameters,
+    charges and event index: the detector's input (:data:`~hepfm.generation.detector.FIELDS`).
+    """
+    import awkward as ak
+
+    counts = ak.to_numpy(ak.num(prt.id, axis=1))
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    rec = {k: ak.to_numpy(ak.flatten(prt[k])) for k in ("id", "status", "daughter1", "daughter2")}
+    for k in ("px", "py", "pz", "e"):
+        rec[k] = ak.to_numpy(ak.flatten(prt.p[k])).astype(np.float64)
+    # vProd is missing (None) for particles made at the primary vertex: that is the origin.
+    vx, vy, vz = (ak.to_numpy(ak.flatten(ak.fill_none(prt.vProd[k], 0.0))).astype(np.float64)
+                  for k in ("px", "py", "pz"))
+    event = np.repeat(np.arange(len(counts)), counts)
+    final = (rec["status"] > 0) & ~np.isin(np.abs(rec["id"]), INVISIBLE_IDS)
+    px, py, pz = rec["px"][final], rec["py"][final], rec["pz"][final]
+    d0, dz = impact_parameters(px, py, pz, vx[final], vy[final], vz[final])
+    parts = {
+        "px": px, "py": py, "pz": pz, "e": rec["e"][final], "pid": rec["id"][final].astype(np.int64),
+        "d0": d0, "dz": dz, "event": event[final],
+    }
+    parts["charge"] = charge_of(parts["pid"])
+    return rec, offsets, parts
 
 
 def masked_pid_flags(pid: np.ndarray, charge: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
