@@ -7,6 +7,7 @@ preset, jet selection, truth matching and constituent gathering; the overhead co
 
     python benchmarks/bench_generate.py --dataset toptag --events 2000
     python benchmarks/bench_generate.py --dataset jetclass --events 1000 --classes Hbb,Tbqq
+    python benchmarks/bench_generate.py --dataset tth --events 1000 --detector cms   (events of objects)
 """
 
 from __future__ import annotations
@@ -26,34 +27,49 @@ def bare_loop(dataset: str, ci: int, n_events: int, batch: int, seed: int) -> fl
     import fastjet
     import pythia8mc
 
-    from hepfm.generation.worker import _decay_hook
+    from hepfm.generation.events import RECO
+    from hepfm.generation.worker import decay_hook
 
     spec = DATASETS.get(dataset)
     proc = PROCESSES.get(spec.classes[spec.class_names[ci]])
     py = pythia8mc.Pythia("", False)
     for line in pythia_settings(spec, proc, seed):
         py.readString(line)
-    hook = _decay_hook(proc.decay_filter) if proc.decay_filter else None
+    hook = decay_hook(proc.decay_filter) if proc.decay_filter else None
     if hook is not None:
         py.setUserHooksPtr(hook)
     py.init()
     jet_def = fastjet.JetDefinition(fastjet.antikt_algorithm, spec.radius)
+    min_pt = RECO.jet_min_pt if spec.events is not None else 0.8 * spec.pt_range[0]
     t0 = time.perf_counter()
     for _ in range(n_events // batch):
         prt = py.nextBatch(batch).prt
         sel = prt[(prt.status > 0) & (abs(prt.id) != 12) & (abs(prt.id) != 14) & (abs(prt.id) != 16)]
         arr = ak.zip({"px": sel.p.px, "py": sel.p.py, "pz": sel.p.pz, "E": sel.p.e})
-        fastjet.ClusterSequence(arr, jet_def).inclusive_jets(min_pt=0.8 * spec.pt_range[0])
+        fastjet.ClusterSequence(arr, jet_def).inclusive_jets(min_pt=min_pt)
     return (time.perf_counter() - t0) / (n_events // batch * batch)
 
 
 def hepfm_loop(
     dataset: str, ci: int, n_events: int, batch: int, seed: int, detector: str
 ) -> tuple[float, float]:
-    """(seconds per event, accepted jets per second) of hepfm's generator on the same events."""
-    gen = ShardGenerator(ShardTask(dataset, ci, 0, 1, seed, detector, batch))
+    """(seconds per event, accepted jets (or events) per second) of hepfm's generator on the same events."""
+    from hepfm.generation.events import EventShardGenerator, pad_events
+
+    task = ShardTask(dataset, ci, 0, 1, seed, detector, batch)
     t0 = time.perf_counter()
     n_jets = 0
+    if DATASETS.get(dataset).events is not None:  # objects: leptons, jets, taus, b-tags, MET, selection
+        events = EventShardGenerator(task)
+        t0 = time.perf_counter()
+        for _ in range(n_events // batch):
+            selected = events._batch()
+            pad_events(selected, events.spec.max_particles)
+            n_jets += len(selected)
+        dt = time.perf_counter() - t0
+        return dt / (n_events // batch * batch), n_jets / dt
+    gen = ShardGenerator(task)
+    t0 = time.perf_counter()
     for _ in range(n_events // batch):
         jets = gen._batch()
         gen._to_chunk(jets)  # padding, PID flags, soft-drop mass and N-subjettiness
