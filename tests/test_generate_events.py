@@ -14,10 +14,11 @@ pytest.importorskip("fastjet")
 
 from hepfm.cli import main as cli_main
 from hepfm.data.formats import open_source
+from hepfm.data.formats.nanoaod_events import count_groups
 from hepfm.data.jets import OBJECT_TYPES, pt_eta_phi
 from hepfm.generation.events import RECO, hadron_flavour, pad_events
 from hepfm.generation.job import GenerationJob, run_job
-from hepfm.generation.processes import DATASETS, EventSelection, leptonic_w
+from hepfm.generation.processes import DATASETS, leptonic_w
 from hepfm.generation.worker import ShardTask, run_shard
 
 pytestmark = pytest.mark.gen
@@ -41,9 +42,9 @@ def test_events_pass_the_selection_and_follow_the_reader_layout(tth_chunks):
     ttbar, tth, stats = tth_chunks
     sel = DATASETS.get("tth").events
     for chunk in (ttbar, tth):
-        assert np.all(_count(chunk, "electron", "muon") >= sel.leptons)
-        assert np.all(_count(chunk, "jet", "bjet") >= sel.jets)
-        assert np.all(_count(chunk, "bjet") >= sel.bjets)
+        assert np.all(_count(chunk, "electron", "muon") >= sel.lepton)
+        assert np.all(_count(chunk, "jet", "bjet") >= sel.jet)
+        assert np.all(_count(chunk, "bjet") >= sel.bjet)
         assert np.all(_count(chunk, "met") == 1)
         types = np.where(chunk.mask, chunk.particles["object_type"], 99)
         n = chunk.mask.sum(axis=1)
@@ -87,11 +88,12 @@ def test_b_jet_multiplicity_is_higher_in_tth(tth_chunks):
 def test_hadron_flavour_and_event_selection():
     ids = np.array([511, -521, 5122, 531, 421, -411, 4122, 211, 2212, 21, 5, 5101, 443, 553, 22])
     assert hadron_flavour(ids).tolist() == [5, 5, 5, 5, 4, 4, 4, 0, 0, 0, 0, 0, 4, 5, 0]
-    sel = EventSelection(leptons=1, jets=3, bjets=1, taus=1)
-    ok = sel.passes(np.array([1, 1, 0, 2]), np.array([3, 3, 5, 4]), np.array([1, 0, 2, 1]),
-                    np.array([1, 1, 1, 0]))
+    sel = DATASETS.get("hplus-hw").events  # the reader's event selection, with the seed's numbers
+    per_type = {"electron": [1, 0, 0, 1], "muon": [0, 1, 0, 1], "tau": [1, 1, 1, 0], "bjet": [1, 0, 2, 1],
+                "jet": [2, 3, 3, 3]}
+    ok = sel.passes(count_groups({t: np.array(v) for t, v in per_type.items()}))
     assert ok.tolist() == [True, False, False, False]
-    assert sel.describe() == "leptons >= 1 + jets >= 3 + bjets >= 1 + taus >= 1"
+    assert sel.describe() == "lepton >= 1, tau >= 1, jet >= 3, bjet >= 1"
     assert leptonic_w([(24, False, "had"), (24, False, "lep")])
     assert not leptonic_w([(24, False, "had"), (24, False, "had"), (23, True, "lep")])
 
@@ -127,7 +129,7 @@ def test_collision_mixture_by_cross_section_cli_inspect_and_nanoaod_round_trip(t
     pilots = src.metadata["cross_sections"]["pilots"]
     assert set(pilots) == {"ttbar", "single_top", "wjets", "zjets"}
     assert pilots["wjets"]["sigma_pb"] > pilots["ttbar"]["sigma_pb"]  # but it rarely passes
-    assert src.metadata["selection"]["events"] == "leptons >= 1 + jets >= 2 + bjets >= 1"
+    assert src.metadata["selection"]["events"] == "lepton >= 1, jet >= 2, bjet >= 1"
     # resumable and deterministic: a second run (other worker count) gives the same bytes
     again = tmp_path / "again.h5"
     assert cli_main([*args, "--workers", "2", "--out", str(again)]) == 0

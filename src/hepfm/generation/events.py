@@ -31,7 +31,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from hepfm.data.jets import OBJECT_TYPES, JetChunk, from_pt_eta_phi_m
+from hepfm.data.formats.nanoaod_events import count_groups
+from hepfm.data.jets import OBJECT_TYPES, JetChunk, from_pt_eta_phi_m, kinematics
 from hepfm.generation.detector import DETECTORS, apply_detector
 from hepfm.generation.truth import INVISIBLE_IDS, daughters, delta_r
 from hepfm.generation.worker import PythiaShard, ShardTask, batch_particles
@@ -94,9 +95,6 @@ class EventObjects:
     kind: np.ndarray  # index into OBJECT_TYPES
     btag: np.ndarray
 
-    def count(self, *kinds: str) -> int:
-        return int(np.isin(self.kind, [_TYPE[k] for k in kinds]).sum())
-
 
 class EventReconstructor:
     """Turns one Pythia batch (awkward record) into per-event object lists (see the module docstring)."""
@@ -104,9 +102,9 @@ class EventReconstructor:
     def __init__(self, detector, rng: np.random.Generator, charge_of, reco: ObjectReco = RECO) -> None:
         from hepfm.fastjet_quiet import quiet_fastjet
 
-        fastjet = quiet_fastjet()
+        self.fastjet = quiet_fastjet()
         self.det, self.rng, self.reco, self.charge_of = detector, rng, reco, charge_of
-        self.jet_def = fastjet.JetDefinition(fastjet.antikt_algorithm, reco.jet_radius)
+        self.jet_def = self.fastjet.JetDefinition(self.fastjet.antikt_algorithm, reco.jet_radius)
 
     def batch(self, prt) -> list[EventObjects]:
         import awkward as ak
@@ -124,13 +122,11 @@ class EventReconstructor:
         # jets from every particle but the isolated leptons
         keep = np.ones(len(pt), bool)
         for ev_leptons in leptons:
-            keep[[i for i, _ in ev_leptons]] = False
+            keep[ev_leptons] = False
         j_counts = np.bincount(parts["event"][keep], minlength=n_ev)
-        arr = ak.unflatten(ak.zip({k2: parts[k][keep] for k, k2 in
-                                   (("px", "px"), ("py", "py"), ("pz", "pz"), ("e", "E"))}), j_counts)
-        from hepfm.fastjet_quiet import quiet_fastjet
-
-        cs = quiet_fastjet().ClusterSequence(arr, self.jet_def)
+        arr = ak.unflatten(ak.zip({"px": parts["px"][keep], "py": parts["py"][keep], "pz": parts["pz"][keep],
+                                   "E": parts["e"][keep]}), j_counts)
+        cs = self.fastjet.ClusterSequence(arr, self.jet_def)
         jets = cs.inclusive_jets(min_pt=self.reco.jet_min_pt)
         jets = {k: ak.to_list(jets[k]) for k in ("px", "py", "pz", "E")}
 
@@ -150,20 +146,19 @@ class EventReconstructor:
             jet_list = {k: np.asarray(v[ev], dtype=np.float64) for k, v in jets.items()}
             ps = slice(p_off[ev], p_off[ev + 1])
             met = -np.array([parts["px"][ps].sum(), parts["py"][ps].sum()])
-            out.append(self._objects(parts, [i for i, _ in leptons[ev]], taus, jet_list,
-                                     (heta, hphi, flavour[sl][h]), met))
+            out.append(self._objects(parts, leptons[ev], taus, jet_list, (heta, hphi, flavour[sl][h]), met))
         return out
 
     # -- leptons
-    def _isolated_leptons(self, parts, pt, eta, phi, p_off) -> list[list[tuple[int, int]]]:
-        """Per event, (particle index, |pdg id|) of the isolated, identified electrons and muons."""
+    def _isolated_leptons(self, parts, pt, eta, phi, p_off) -> list[list[int]]:
+        """Per event, the particle indices of the isolated, identified electrons and muons."""
         r = self.reco
         apid = np.abs(parts["pid"])
         cand = np.flatnonzero(
             ((apid == 11) & (pt > r.electron_min_pt) & (np.abs(eta) < r.electron_max_eta))
             | ((apid == 13) & (pt > r.muon_min_pt) & (np.abs(eta) < r.muon_max_eta))
         )
-        out: list[list[tuple[int, int]]] = [[] for _ in range(len(p_off) - 1)]
+        out: list[list[int]] = [[] for _ in range(len(p_off) - 1)]
         for i in cand:
             ev = int(parts["event"][i])
             lo, hi = p_off[ev], p_off[ev + 1]
@@ -173,7 +168,7 @@ class EventReconstructor:
             if pt[lo:hi][near].sum() > r.isolation_max * pt[i]:
                 continue
             if self.rng.random() < (r.electron_eff if apid[i] == 11 else r.muon_eff):
-                out[ev].append((int(i), int(apid[i])))
+                out[ev].append(int(i))
         return out
 
     # -- taus
@@ -208,19 +203,16 @@ class EventReconstructor:
                 cols[k].append(float(v))
 
         for flavour in (11, 13):
-            sel = [i for i in lepton_idx if abs(parts["pid"][i]) == flavour]
-            lpt = np.hypot(parts["px"][sel], parts["py"][sel])
-            for i, p in sorted(zip(sel, lpt, strict=True), key=lambda t: -t[1]):
-                m2 = parts["e"][i] ** 2 - p**2 - parts["pz"][i] ** 2
-                add(p, np.arcsinh(parts["pz"][i] / p), np.arctan2(parts["py"][i], parts["px"][i]),
-                    np.sqrt(max(m2, 0.0)), parts["charge"][i],
+            sel = np.array([i for i in lepton_idx if abs(parts["pid"][i]) == flavour], dtype=np.int64)
+            lep = kinematics(np.stack([parts[k][sel] for k in ("px", "py", "pz", "e")], axis=-1))
+            for j in np.argsort(-lep["pt"], kind="stable"):
+                add(lep["pt"][j], lep["eta"][j], lep["phi"][j], lep["mass"][j], parts["charge"][sel[j]],
                     _TYPE["electron" if flavour == 11 else "muon"])
         for t in sorted(taus, key=lambda t: -t[0]):
             add(t[0], t[1], t[2], t[3], t[4], _TYPE["tau"])
         veto_eta, veto_phi = np.array(cols["eta"]), np.array(cols["phi"])
-        jpt = np.hypot(jets["px"], jets["py"])
-        jeta = np.arcsinh(jets["pz"] / np.maximum(jpt, 1e-9))
-        jphi = np.arctan2(jets["py"], jets["px"])
+        jet = kinematics(np.stack([jets[k] for k in ("px", "py", "pz", "E")], axis=-1).reshape(-1, 4))
+        jpt, jeta, jphi = jet["pt"], jet["eta"], jet["phi"]
         heta, hphi, hflav = hadrons
         for j in np.argsort(-jpt, kind="stable"):
             if abs(jeta[j]) > r.jet_max_eta:
@@ -233,9 +225,7 @@ class EventReconstructor:
             tagged = self.rng.random() < eff
             u = self.rng.random()
             score = r.btag_wp + (1.0 - r.btag_wp) * max(u, 1e-6) if tagged else r.btag_wp * u
-            m2 = jets["E"][j] ** 2 - jpt[j] ** 2 - jets["pz"][j] ** 2
-            kind = _TYPE["bjet" if tagged else "jet"]
-            add(jpt[j], jeta[j], jphi[j], np.sqrt(max(m2, 0.0)), 0.0, kind, score)
+            add(jpt[j], jeta[j], jphi[j], jet["mass"][j], 0.0, _TYPE["bjet" if tagged else "jet"], score)
         add(np.hypot(*met), 0.0, np.arctan2(met[1], met[0]), 0.0, 0.0, _TYPE["met"])
         return EventObjects(**{k: np.array(v) for k, v in cols.items()})
 
@@ -282,11 +272,10 @@ class EventShardGenerator(PythiaShard):
         evs = self.pythia.nextBatch(self.task.batch_events)
         self.stats["events"] += len(evs.prt)
         self.stats["batches"] += 1
-        out = []
-        for ev in self.reco.batch(evs.prt):
-            if selection.passes(ev.count("electron", "muon"), ev.count("jet", "bjet"), ev.count("bjet"),
-                                ev.count("tau")):
-                out.append(ev)
+        objects = self.reco.batch(evs.prt)
+        counts = count_groups({t: np.array([(ev.kind == i).sum() for ev in objects], dtype=np.int64)
+                               for i, t in enumerate(OBJECT_TYPES)})
+        out = [ev for ev, ok in zip(objects, selection.passes(counts), strict=True) if ok]
         self.stats["accepted"] += len(out)
         return out
 

@@ -315,6 +315,12 @@ def _watch_parent(parent_pid: int, interval: float = 1.0) -> None:
     os._exit(1)
 
 
+def _worker_pool(workers: int) -> ProcessPoolExecutor:
+    """Worker processes for Pythia shards: spawned (no forked Pythia state), silent, dying with us."""
+    return ProcessPoolExecutor(max_workers=max(1, workers), mp_context=get_context("spawn"),
+                               initializer=_worker_init, initargs=(os.getpid(),))
+
+
 #: Last SeedSequence word of the pilot runs' Pythia seeds (kept apart from every shard's seed).
 PILOT_STREAM = 0x70696C6F
 
@@ -328,8 +334,7 @@ def _pilots(job: GenerationJob, parts: Path, workers: int) -> dict[str, dict]:
     tasks = [ShardTask(job.dataset, ci, 0, job.pilot_events, pythia_seed([job.seed, ci, PILOT_STREAM]),
                        job.detector, job.batch_events, job.extra_settings) for ci in range(len(names))]
     log.info("measuring cross-section x acceptance: %d pilot events per class", job.pilot_events)
-    with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=get_context("spawn"),
-                             initializer=_worker_init, initargs=(os.getpid(),)) as pool:
+    with _worker_pool(workers) as pool:
         results = list(pool.map(run_pilot, tasks))
     pilots = dict(zip(names, results, strict=True))
     write_json_atomic(path, pilots)
@@ -399,8 +404,7 @@ def _run_locked(job: GenerationJob, workers: int, restart: bool, progress: bool)
         log.info("resuming: %d of %d shards already done in %s", len(tasks) - len(todo), len(tasks), parts)
     bar = tqdm(total=job.n_jets, initial=done_jets, unit="jet", desc=f"generate {job.dataset}",
                disable=not progress, file=sys.stderr, dynamic_ncols=True)
-    with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=get_context("spawn"),
-                             initializer=_worker_init, initargs=(os.getpid(),)) as pool:
+    with _worker_pool(workers) as pool:
         futures = {pool.submit(_run_and_save, t, _part_path(parts, t)): t for t in todo}
         try:
             for fut in as_completed(futures):

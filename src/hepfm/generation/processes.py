@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from hepfm.data.formats.nanoaod_events import MinObjects
 from hepfm.data.jets import JETCLASS_CLASSES, TOPTAG_CLASSES
 from hepfm.registry import Registry
 
@@ -152,25 +153,6 @@ PROCESSES.add(
 
 
 @dataclass(frozen=True)
-class EventSelection:
-    """Minimum object counts an event must have (seed 003's table); ``jets`` counts b-jets too."""
-
-    leptons: int = 1  # isolated electrons + muons
-    jets: int = 2
-    bjets: int = 1
-    taus: int = 0
-
-    def passes(self, n_leptons: Any, n_jets: Any, n_bjets: Any, n_taus: Any) -> Any:
-        """Element-wise on counts (ints or arrays of them)."""
-        return ((n_leptons >= self.leptons) & (n_jets >= self.jets) & (n_bjets >= self.bjets)
-                & (n_taus >= self.taus))
-
-    def describe(self) -> str:
-        parts = [f"leptons >= {self.leptons}", f"jets >= {self.jets}", f"bjets >= {self.bjets}"]
-        return " + ".join(parts + ([f"taus >= {self.taus}"] if self.taus else []))
-
-
-@dataclass(frozen=True)
 class DatasetSpec:
     """A labeled dataset: its classes (label order) and jet selection.
 
@@ -193,7 +175,7 @@ class DatasetSpec:
     common: tuple[str, ...] = field(default=("Beams:eCM = 14000.",))
     # Whole events as sets of reconstructed objects instead of one jet per event (seed 003): the event
     # selection, and whether the class mixture follows the cross-sections (the "collision data" stand-in).
-    events: EventSelection | None = None
+    events: MinObjects | None = None
     xsec_mix: bool = False
 
     @property
@@ -231,16 +213,16 @@ DATASETS.add(
 _EVENTS: dict[str, Any] = {"pt_range": (0.0, float("inf")), "pthat_range": (0.0, -1.0), "radius": 0.4,
                            "max_particles": 32, "common": ("Beams:eCM = 13000.",)}
 DATASETS.add("tth", DatasetSpec(classes={"ttbar": "ttbar", "ttH": "tth"},
-                                events=EventSelection(leptons=1, jets=4, bjets=2), **_EVENTS))
+                                events=MinObjects(lepton=1, jet=4, bjet=2), **_EVENTS))
 DATASETS.add("tth-2l", DatasetSpec(classes={"ttbar": "ttbar", "ttH": "tth"},
-                                   events=EventSelection(leptons=2, jets=2, bjets=1), **_EVENTS))
+                                   events=MinObjects(lepton=2, jet=2, bjet=1), **_EVENTS))
 DATASETS.add("hplus-tb", DatasetSpec(classes={"ttbar": "ttbar", "Hplus_tb": "hplus-tb"},
-                                     events=EventSelection(leptons=1, jets=4, bjets=1), **_EVENTS))
+                                     events=MinObjects(lepton=1, jet=4, bjet=1), **_EVENTS))
 DATASETS.add("hplus-hw", DatasetSpec(classes={"ttbar": "ttbar", "Hplus_HW": "hplus-hw"},
-                                     events=EventSelection(leptons=1, jets=3, bjets=1, taus=1), **_EVENTS))
+                                     events=MinObjects(lepton=1, jet=3, bjet=1, tau=1), **_EVENTS))
 # "Collision data": the SM processes that pass the pretraining selection, mixed by cross-section x
 # acceptance as Pythia reports them (QCD multijet is left out: its rate of isolated leptons + b-jets
 # needs ~1e6 generated events per accepted one). Generate with --unlabeled for pretraining.
 DATASETS.add("collision", DatasetSpec(
     classes={"ttbar": "ttbar", "single_top": "single-top", "wjets": "wjets", "zjets": "zjets-ll"},
-    events=EventSelection(leptons=1, jets=2, bjets=1), xsec_mix=True, **_EVENTS))
+    events=MinObjects(lepton=1, jet=2, bjet=1), xsec_mix=True, **_EVENTS))

@@ -227,9 +227,14 @@ def holds_events(source: Any) -> bool:
     return getattr(source, "item", "jet") == "event" or "object_type" in available_fields(source)
 
 
+def kind_of(source: Any) -> str:
+    """``events`` or ``jets``: what one source holds."""
+    return "events" if holds_events(source) else "jets"
+
+
 def data_kind(sources: list[Any]) -> str:
     """``events`` or ``jets``: what the files hold, all of them alike (a mixture names the odd file)."""
-    kinds = ["events" if holds_events(s) else "jets" for s in sources]
+    kinds = [kind_of(s) for s in sources]
     odd = next((s for s, k in zip(sources, kinds, strict=True) if k != kinds[0]), None)
     if odd is not None:
         raise HepfmInputError(f"the files mix jets and events: {sources[0].path} holds {kinds[0]}, this one "
@@ -272,7 +277,7 @@ def check_input(model: ModelInput, sources: list[Any], *, training_files: bool =
     "model" is the training files and ``sources`` are validation files (worded so); ``hints``: say
     which ``data.events`` option reads without an extra type (where the user sets them)."""
     for s in sources:
-        kind = "events" if holds_events(s) else "jets"
+        kind = kind_of(s)
         if kind != model.kind:
             held = "events (sets of reconstructed objects)" if kind == "events" else "jets"
             whose = ("the training files hold" if training_files

@@ -563,14 +563,18 @@ class JetClassRootSource(JetClassColumnsSource):
         return _TTreeTable(tree) if self._file().classname_of(TREE) == "TTree" else _RNTupleTable(tree)
 
     def _read_metadata(self) -> dict:
-        f = self._file()
-        if METADATA_KEY in f:
-            try:
-                meta = json.loads(str(f[METADATA_KEY]))
-            except (json.JSONDecodeError, TypeError, ValueError):
-                return {}
-            return meta if isinstance(meta, dict) else {}
+        return root_metadata(self._file())
+
+
+def root_metadata(f: Any) -> dict:
+    """What hepfm's ROOT writers stored in an open file (``METADATA_KEY``, JSON); {} if none or unreadable."""
+    if METADATA_KEY not in f:
         return {}
+    try:
+        meta = json.loads(str(f[METADATA_KEY]))
+    except (json.JSONDecodeError, TypeError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
 
 
 def _first_flagged(values: tuple[np.ndarray, np.ndarray], flags: tuple[np.ndarray, np.ndarray]) -> np.ndarray:

@@ -45,7 +45,6 @@ its ``hepfm_metadata`` names (``label_branch``, with ``class_names``); such file
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -254,10 +253,10 @@ def count_types(object_type: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarr
     Shape: object_type, mask (n, N) -> {kind: (n,) int64}.
     """
     counts = {t: ((object_type == i) & mask).sum(axis=1) for i, t in enumerate(OBJECT_TYPES)}
-    return _with_groups(counts)
+    return count_groups(counts)
 
 
-def _with_groups(counts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def count_groups(counts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Per-type counts plus the groups an event selection counts (``lepton``, ``jet`` = all jets)."""
     zero = np.zeros_like(next(iter(counts.values())))
     out = {t: np.asarray(counts.get(t, zero), dtype=np.int64) for t in OBJECT_TYPES if t != "jet"}
@@ -377,18 +376,10 @@ class NanoAODEventSource(NanoAODSource):
 
     def _init_labels(self, names: set[str]) -> None:
         """Labels of a file from hepfm's NanoAOD writer: the branch and classes its metadata names."""
-        from hepfm.data.formats.jetclass_root import METADATA_KEY
+        from hepfm.data.formats.jetclass_root import root_metadata
 
         self._label_branch: str | None = None
-        f = self._file()
-        if METADATA_KEY not in f:
-            return
-        try:
-            meta = json.loads(str(f[METADATA_KEY]))
-        except (json.JSONDecodeError, TypeError, ValueError):
-            return
-        if not isinstance(meta, dict):
-            return
+        meta = root_metadata(self._file())
         self.metadata = meta
         branch, classes = meta.get("label_branch"), meta.get("class_names")
         if isinstance(branch, str) and branch in names and isinstance(classes, list) and classes:
@@ -520,7 +511,7 @@ class NanoAODEventSource(NanoAODSource):
             b = ak.to_numpy(ak.sum(parts["jet"]["btag"] > self._btag_wp, axis=1))
             counts["bjet"] = b
             counts["jet"] = ak.to_numpy(ak.num(parts["jet"]["pt"], axis=1)) - b
-        return _with_groups(counts)
+        return count_groups(counts)
 
     def _objects(self, a: dict, fields, jet_fields) -> JetChunk:
         import awkward as ak

@@ -38,7 +38,7 @@ import numpy as np
 
 from hepfm.data.formats.jetclass_root import METADATA_KEY
 from hepfm.data.formats.nanoaod_events import BTAG_SCORES
-from hepfm.data.jets import OBJECT_TYPES, JetChunk, pt_eta_phi
+from hepfm.data.jets import OBJECT_TYPES, JetChunk, kinematics
 from hepfm.errors import HepfmInputError
 from hepfm.io import atomic_path
 
@@ -111,9 +111,8 @@ class _EventTreeWriter:
 
         n, mask = len(chunk), chunk.mask
         event = np.nonzero(mask)[0]  # event of each object, events in order, objects in slot order
-        p4 = chunk.p4[mask].astype(np.float64)
-        pt, eta, phi = pt_eta_phi(p4)
-        mass = np.sqrt(np.clip(p4[:, 3] ** 2 - (p4[:, :3] ** 2).sum(axis=1), 0.0, None))
+        kin = kinematics(chunk.p4[mask].astype(np.float64))
+        pt, eta, phi, mass = kin["pt"], kin["eta"], kin["phi"], kin["mass"]
         kind = chunk.particles["object_type"][mask].astype(np.int64)
         bad = np.flatnonzero((kind < 0) | (kind >= len(OBJECT_TYPES)))
         if bad.size:
